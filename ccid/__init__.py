@@ -1,0 +1,47 @@
+"""ccid: drive USB CCID smart-card readers in-process, without pcscd.
+
+``import ccid`` does no I/O and loads no YAML: the public names below are
+imported on first use (PEP 562), so start-up stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_LAZY: dict[str, str] = {
+    "list_readers": "ccid.reader",
+    "open_reader": "ccid.reader",
+    "Reader": "ccid.reader",
+    "Card": "ccid.reader",
+    "ReaderInfo": "ccid.reader",
+    "watch": "ccid.events",
+    "parse_atr": "ccid.protocol.atr",
+    "ATR": "ccid.protocol.atr",
+    "lookup": "ccid.database",
+    "is_supported": "ccid.database",
+    "support_status": "ccid.database",
+}
+
+__all__ = [*sorted(_LAZY), "__version__", "errors"]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ccid import errors
+
+
+def __getattr__(name: str) -> Any:
+    if name == "errors":
+        return importlib.import_module("ccid.errors")
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ccid' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -1,0 +1,49 @@
+"""Shared fixtures: the reference corpus in ../shared/reference."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import settings
+
+ROOT = Path(__file__).resolve().parent.parent
+REFERENCE = Path(os.environ.get("CCID_REFERENCE", ROOT.parent / "shared" / "reference"))
+
+# CI asks for a few thousand examples per parser; local runs may lower it.
+settings.register_profile("ci", max_examples=2000, deadline=None)
+settings.register_profile("dev", max_examples=300, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def _load(name: str) -> Any:
+    path = REFERENCE / name
+    if not path.exists():
+        if os.environ.get("CI"):
+            # In CI shared/ is beside the clone: a missing corpus is a broken set-up, not a skip.
+            raise FileNotFoundError(f"reference corpus missing in CI: {path}")
+        pytest.skip(f"reference corpus not found at {path} (set CCID_REFERENCE)")
+    with path.open(encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+@pytest.fixture(scope="session")
+def descriptor_corpus() -> dict[str, Any]:
+    """libccid 1.8.2's 691 descriptor dumps, parsed (773 interfaces)."""
+    return _load("libccid_reader_descriptors.json")  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="session")
+def supported_readers() -> dict[str, Any]:
+    """libccid 1.8.2's supported_readers.txt, parsed."""
+    return _load("libccid_supported_readers.json")  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="session")
+def ct700_vectors() -> dict[str, Any]:
+    """Real bytes from a Gemalto CT700, by vector name."""
+    data = _load("ct700_vectors.json")
+    return {v["name"]: v for v in data["vectors"]}
