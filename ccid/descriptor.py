@@ -1,0 +1,241 @@
+"""The CCID class descriptor (CCID 1.1 section 5.1) and the clock/data-rate arrays."""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+from ccid.constants import (
+    CCID_DESCRIPTOR_LENGTH,
+    CCID_DESCRIPTOR_TYPE,
+    EXCHANGE_LEVEL_MASK,
+    ExchangeLevel,
+    Features,
+    PINSupport,
+    Protocols,
+    Voltage,
+)
+from ccid.errors import DescriptorError
+
+__all__ = [
+    "DESCRIPTOR_FIELDS",
+    "CCIDDescriptor",
+    "locate_ccid_descriptor",
+    "parse_ccid_descriptor",
+    "parse_clock_frequencies",
+    "parse_data_rates",
+]
+
+# bLength .. bMaxCCIDBusySlots, little-endian, 54 bytes in all.
+_LAYOUT = struct.Struct("<BBHBBIIIBIIBIIIIIBBHBB")
+assert _LAYOUT.size == CCID_DESCRIPTOR_LENGTH
+
+#: Descriptor types seen in the wild: 0x21 (CCID), 0xFF (pre-1.0 / proprietary readers).
+_ACCEPTED_TYPES = (CCID_DESCRIPTOR_TYPE, 0xFF)
+
+
+@dataclass(frozen=True, slots=True)
+class CCIDDescriptor:
+    """Every field of the 54-byte CCID class descriptor, with decoded views."""
+
+    bLength: int
+    bDescriptorType: int
+    bcdCCID: int
+    bMaxSlotIndex: int
+    bVoltageSupport: int
+    dwProtocols: int
+    dwDefaultClock: int
+    dwMaximumClock: int
+    bNumClockSupported: int
+    dwDataRate: int
+    dwMaxDataRate: int
+    bNumDataRatesSupported: int
+    dwMaxIFSD: int
+    dwSynchProtocols: int
+    dwMechanical: int
+    dwFeatures: int
+    dwMaxCCIDMessageLength: int
+    bClassGetResponse: int
+    bClassEnvelope: int
+    wLcdLayout: int
+    bPINSupport: int
+    bMaxCCIDBusySlots: int
+
+    # --- construction -----------------------------------------------------------------
+
+    @classmethod
+    def from_fields(cls, values: Mapping[str, Any]) -> CCIDDescriptor:
+        """Build from a mapping holding (at least) every field name; extra keys are ignored.
+
+        bLength and bDescriptorType default to 54 and 0x21 when absent.
+        """
+        data = {"bLength": CCID_DESCRIPTOR_LENGTH, "bDescriptorType": CCID_DESCRIPTOR_TYPE}
+        data.update({k: v for k, v in values.items() if k in DESCRIPTOR_FIELDS})
+        missing = [name for name in DESCRIPTOR_FIELDS if name not in data]
+        if missing:
+            raise DescriptorError(f"descriptor fields missing: {', '.join(missing)}")
+        return cls(**{name: int(data[name]) for name in DESCRIPTOR_FIELDS})
+
+    def to_bytes(self) -> bytes:
+        """The 54 bytes as a reader sends them."""
+        try:
+            return _LAYOUT.pack(*(getattr(self, name) for name in DESCRIPTOR_FIELDS))
+        except struct.error as exc:
+            raise DescriptorError(f"descriptor field out of range: {exc}") from exc
+
+    def as_dict(self) -> dict[str, int]:
+        """Raw fields by spec name."""
+        return {name: getattr(self, name) for name in DESCRIPTOR_FIELDS}
+
+    # --- decoded views ----------------------------------------------------------------
+
+    @property
+    def features(self) -> Features:
+        """dwFeatures as flags (unknown bits are kept)."""
+        return Features(self.dwFeatures)
+
+    @property
+    def exchange_level(self) -> ExchangeLevel:
+        """Character, TPDU, short APDU or extended APDU.
+
+        A reader that sets several level bits is taken at the highest it declares.
+        """
+        level = self.dwFeatures & EXCHANGE_LEVEL_MASK
+        for candidate in (
+            ExchangeLevel.EXTENDED_APDU,
+            ExchangeLevel.SHORT_APDU,
+            ExchangeLevel.TPDU,
+        ):
+            if level & candidate:
+                return candidate
+        return ExchangeLevel.CHARACTER
+
+    @property
+    def voltages(self) -> Voltage:
+        """Supported ICC voltages."""
+        return Voltage(self.bVoltageSupport & 0x07)
+
+    @property
+    def protocols(self) -> Protocols:
+        """Supported asynchronous protocols (T=0, T=1)."""
+        return Protocols(self.dwProtocols & 0x03)
+
+    @property
+    def pin_support(self) -> PINSupport:
+        """PIN verification / modification on the reader's pinpad."""
+        return PINSupport(self.bPINSupport & 0x03)
+
+    @property
+    def is_iccd(self) -> bool:
+        """True for ICCD tokens (dwFeatures bit 0x800)."""
+        return bool(self.dwFeatures & Features.ICCD_TOKEN)
+
+    @property
+    def lcd_layout(self) -> tuple[int, int] | None:
+        """(lines, characters per line) of the reader's display, or None without one."""
+        if self.wLcdLayout == 0:
+            return None
+        return (self.wLcdLayout >> 8) & 0xFF, self.wLcdLayout & 0xFF
+
+    @property
+    def slot_count(self) -> int:
+        """Number of slots (bMaxSlotIndex + 1)."""
+        return self.bMaxSlotIndex + 1
+
+    @property
+    def version(self) -> str:
+        """bcdCCID as text, e.g. '1.10'."""
+        return f"{self.bcdCCID >> 8:x}.{self.bcdCCID & 0xFF:02x}"
+
+
+DESCRIPTOR_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(CCIDDescriptor))
+
+
+def parse_ccid_descriptor(raw: bytes) -> CCIDDescriptor:
+    """Parse the 54-byte class descriptor; raise DescriptorError naming what was found."""
+    raw = bytes(raw)
+    if len(raw) < 2:
+        raise DescriptorError(f"CCID descriptor too short: {len(raw)} bytes, expected 54")
+    if raw[0] != CCID_DESCRIPTOR_LENGTH:
+        raise DescriptorError(
+            f"CCID descriptor has bLength {raw[0]}, expected 54 ({len(raw)} bytes given)"
+        )
+    if raw[1] not in _ACCEPTED_TYPES:
+        raise DescriptorError(
+            f"CCID descriptor has bDescriptorType 0x{raw[1]:02X}, expected 0x21 (or 0xFF)"
+        )
+    if len(raw) != CCID_DESCRIPTOR_LENGTH:
+        raise DescriptorError(f"CCID descriptor is {len(raw)} bytes long, expected 54")
+    return CCIDDescriptor(*_LAYOUT.unpack(raw))
+
+
+def _walk(extra: bytes) -> list[bytes]:
+    """Split concatenated descriptors; stop at a malformed length (never read past the end)."""
+    out: list[bytes] = []
+    pos = 0
+    while pos + 2 <= len(extra):
+        length = extra[pos]
+        if length < 2 or pos + length > len(extra):
+            break
+        out.append(bytes(extra[pos : pos + length]))
+        pos += length
+    return out
+
+
+def locate_ccid_descriptor(
+    interface_extra: bytes,
+    *,
+    interface_class: int = 0x0B,
+    endpoint_extras: Sequence[bytes] = (),
+) -> bytes:
+    """Find the raw 54-byte class descriptor where real devices put it.
+
+    Looked for, in order: the interface's extra bytes (the normal place, type 0x21, or 0xFF
+    on class-0xFF readers), then the extra bytes after the last endpoint (O2Micro OZ776
+    puts it there). Raises DescriptorError naming what was found instead.
+    """
+    found: list[str] = []
+    places = [bytes(interface_extra)]
+    if endpoint_extras:
+        places.append(bytes(endpoint_extras[-1]))
+    for place in places:
+        for desc in _walk(place):
+            if len(desc) == CCID_DESCRIPTOR_LENGTH and desc[1] in _ACCEPTED_TYPES:
+                return desc
+            found.append(f"type 0x{desc[1]:02X} length {len(desc)}")
+    what = ", ".join(found) if found else "no class descriptor"
+    raise DescriptorError(
+        f"no 54-byte CCID class descriptor on interface class 0x{interface_class:02X} ({what})"
+    )
+
+
+def _parse_dword_array(payload: bytes, declared: int | None) -> tuple[int, ...]:
+    payload = bytes(payload)
+    if len(payload) % 4:
+        # A careful driver keeps the whole DWORDs and ignores the ragged tail: several
+        # readers answer a 1- or 2-byte payload here (the corpus shows them); a payload
+        # with no whole DWORD means "no list".
+        payload = payload[: len(payload) - len(payload) % 4]
+    values = [int.from_bytes(payload[i : i + 4], "little") for i in range(0, len(payload), 4)]
+    if declared is not None and declared > 0 and len(values) > declared:
+        # Longer than the descriptor declares: the extra entries are not trusted.
+        values = values[:declared]
+    # Zero entries are padding, not rates.
+    return tuple(v for v in values if v)
+
+
+def parse_data_rates(payload: bytes, declared: int | None = None) -> tuple[int, ...]:
+    """Decode a GET_DATA_RATES answer: little-endian DWORDs in bps.
+
+    A tail that is not a whole DWORD is dropped; entries beyond ``declared``
+    (bNumDataRatesSupported, when non-zero) are dropped; zero entries are dropped.
+    Order is kept as the reader gave it.
+    """
+    return _parse_dword_array(payload, declared)
+
+
+def parse_clock_frequencies(payload: bytes, declared: int | None = None) -> tuple[int, ...]:
+    """Decode a GET_CLOCK_FREQUENCIES answer: little-endian DWORDs in kHz (same rules)."""
+    return _parse_dword_array(payload, declared)
