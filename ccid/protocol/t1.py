@@ -1,0 +1,440 @@
+"""T=1 block protocol, interface-device side (ISO/IEC 7816-3 clause 11), sans-IO.
+
+``T1Protocol.start(apdu)`` gives the first block to send; every block the card returns
+goes to ``receive()``, which answers ``SendBlock`` (send this next) or ``Complete`` (the
+APDU response). The caller owns the clock: after a block waiting time without a reply it
+calls ``timeout_error()`` for the block to send instead.
+
+Which block is acceptable in which state is one table, ``TRANSITIONS``; anything not in it
+is an invalid block and goes through error recovery (ISO/IEC 7816-3 11.6.3 rules 7.x):
+an R-block naming the block we expect, up to ``max_retries`` times, then S(RESYNCH
+request) up to ``max_retries`` times, then ``T1Error``. After a successful
+resynchronisation in the middle of an APDU the APDU is sent again from its start (once).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum, IntEnum
+from typing import Final
+
+from ccid.errors import ProtocolError, UsageError
+from ccid.framing import T1BlockError, T1Status, build_t1_block, check_t1_block
+
+__all__ = [
+    "TRANSITIONS",
+    "BlockKind",
+    "Complete",
+    "RError",
+    "SendBlock",
+    "T1Error",
+    "T1Event",
+    "T1Protocol",
+    "T1State",
+    "classify_block",
+]
+
+# PCB layout (ISO/IEC 7816-3 11.3.2.2).
+I_NS: Final = 0x40  # I-block send sequence number N(S)
+I_MORE: Final = 0x20  # I-block chaining (M)
+R_BLOCK: Final = 0x80
+R_NR: Final = 0x10  # R-block N(R)
+S_BLOCK: Final = 0xC0
+S_RESPONSE: Final = 0x20
+S_RESYNCH: Final = 0x00
+S_IFS: Final = 0x01
+S_ABORT: Final = 0x02
+S_WTX: Final = 0x03
+
+#: Largest response accepted: 65,536 data bytes + SW1 SW2.
+MAX_RESPONSE: Final = 65_538
+#: Waiting time extensions accepted in one exchange before giving up.
+MAX_WTX: Final = 1024
+#: Resynchronisations (each of up to max_retries S(RESYNCH) attempts) in one exchange.
+MAX_RESYNCS: Final = 1
+
+
+class T1Error(ProtocolError):
+    """The T=1 exchange failed: retries and resynchronisation exhausted, or card ABORT."""
+
+
+class RError(IntEnum):
+    """R-block error bits (ISO/IEC 7816-3 11.3.2.2)."""
+
+    NONE = 0
+    EDC = 1
+    OTHER = 2
+
+
+@dataclass(frozen=True, slots=True)
+class SendBlock:
+    """Send ``block`` to the card; ``wtx`` > 0: the card asked for BWT x ``wtx`` (bBWI)."""
+
+    block: bytes
+    wtx: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Complete:
+    """The exchange is over: ``response`` is the APDU response (empty for S exchanges)."""
+
+    response: bytes
+
+
+T1Event = SendBlock | Complete
+
+
+class T1State(Enum):
+    """Where the interface device is in the exchange."""
+
+    IDLE = "idle"  # nothing in flight
+    SENDING = "sending"  # sent I(N(S), M=1): expect R acknowledging it
+    AWAITING = "awaiting"  # sent the last I-block of the command: expect the card's I-block
+    RECEIVING = "receiving"  # card is chaining: sent R(N(R)), expect its next I-block
+    IFS_PENDING = "ifs"  # sent S(IFS request): expect S(IFS response)
+    RESYNC_PENDING = "resync"  # sent S(RESYNCH request): expect S(RESYNCH response)
+
+
+class BlockKind(Enum):
+    """A received block, classified against the current sequence numbers."""
+
+    I_LAST = "I(M=0)"  # I-block with the expected N(S), not chained
+    I_MORE = "I(M=1)"  # I-block with the expected N(S), chained
+    R_ACK = "R(ack)"  # R-block with N(R) != our N(S), no error: acknowledges our I-block
+    R_NAK = "R(nak)"  # R-block with N(R) == our N(S) or error bits: send it again
+    S_IFS_REQ = "S(IFS req)"
+    S_WTX_REQ = "S(WTX req)"
+    S_ABORT_REQ = "S(ABORT req)"
+    S_IFS_RESP = "S(IFS resp)"
+    S_RESYNCH_RESP = "S(RESYNCH resp)"
+    INVALID = "invalid"  # anything else: wrong N(S), RFU bits, bad INF, unexpected S
+
+
+class _Action(Enum):
+    NEXT_CHUNK = "next_chunk"
+    RESEND_I = "resend_i"
+    RESEND_R = "resend_r"
+    RECEIVE_LAST = "receive_last"
+    RECEIVE_MORE = "receive_more"
+    ANSWER_IFS = "answer_ifs"
+    ANSWER_WTX = "answer_wtx"
+    ABORTED = "aborted"
+    IFS_DONE = "ifs_done"
+    RESYNCH_DONE = "resynch_done"
+
+
+_CARD_TURN = (T1State.AWAITING, T1State.RECEIVING)
+_EXCHANGING = (T1State.SENDING, *_CARD_TURN)
+
+#: (state, kind of block received) -> action. Missing pairs are invalid blocks.
+#: Actions move to: NEXT_CHUNK -> SENDING | AWAITING; RESEND_* -> same state;
+#: RECEIVE_MORE -> RECEIVING; RECEIVE_LAST, IFS_DONE -> IDLE;
+#: RESYNCH_DONE -> IDLE, or SENDING | AWAITING when an APDU restarts;
+#: ANSWER_* -> same state; ABORTED -> IDLE (raises).
+TRANSITIONS: Final[dict[tuple[T1State, BlockKind], _Action]] = {
+    (T1State.SENDING, BlockKind.R_ACK): _Action.NEXT_CHUNK,
+    (T1State.SENDING, BlockKind.R_NAK): _Action.RESEND_I,
+    (T1State.AWAITING, BlockKind.R_NAK): _Action.RESEND_I,
+    (T1State.AWAITING, BlockKind.I_LAST): _Action.RECEIVE_LAST,
+    (T1State.AWAITING, BlockKind.I_MORE): _Action.RECEIVE_MORE,
+    (T1State.RECEIVING, BlockKind.I_LAST): _Action.RECEIVE_LAST,
+    (T1State.RECEIVING, BlockKind.I_MORE): _Action.RECEIVE_MORE,
+    (T1State.RECEIVING, BlockKind.R_ACK): _Action.RESEND_R,
+    (T1State.RECEIVING, BlockKind.R_NAK): _Action.RESEND_R,
+    **{(s, BlockKind.S_IFS_REQ): _Action.ANSWER_IFS for s in _EXCHANGING},
+    **{(s, BlockKind.S_WTX_REQ): _Action.ANSWER_WTX for s in _EXCHANGING},
+    **{(s, BlockKind.S_ABORT_REQ): _Action.ABORTED for s in _EXCHANGING},
+    (T1State.IFS_PENDING, BlockKind.S_IFS_RESP): _Action.IFS_DONE,
+    (T1State.RESYNC_PENDING, BlockKind.S_RESYNCH_RESP): _Action.RESYNCH_DONE,
+}
+
+
+def classify_block(pcb: int, inf: bytes, *, ns: int, nr: int, ifsd: int) -> BlockKind:
+    """Kind of a well-framed block given our N(S) ``ns`` and the card's expected ``nr``."""
+    if not pcb & 0x80:  # I-block
+        if pcb & 0x1F or len(inf) > ifsd:
+            return BlockKind.INVALID
+        if (pcb & I_NS) >> 6 != nr:
+            return BlockKind.INVALID
+        if pcb & I_MORE:
+            # An empty chained block would let a card chain forever without progress.
+            return BlockKind.I_MORE if inf else BlockKind.INVALID
+        return BlockKind.I_LAST
+    if pcb & 0xC0 == R_BLOCK:
+        if pcb & 0x20 or pcb & 0x0F > RError.OTHER or inf:
+            return BlockKind.INVALID
+        if (pcb & R_NR) >> 4 == ns or pcb & 0x0F:
+            return BlockKind.R_NAK
+        return BlockKind.R_ACK
+    # S-block
+    kind = pcb & 0x1F
+    if pcb & S_RESPONSE:
+        if kind == S_IFS and len(inf) == 1:
+            return BlockKind.S_IFS_RESP
+        if kind == S_RESYNCH and not inf:
+            return BlockKind.S_RESYNCH_RESP
+        return BlockKind.INVALID
+    if kind == S_IFS and len(inf) == 1 and 0x01 <= inf[0] <= 0xFE:
+        return BlockKind.S_IFS_REQ
+    if kind == S_WTX and len(inf) == 1 and inf[0] >= 1:
+        return BlockKind.S_WTX_REQ
+    if kind == S_ABORT:
+        return BlockKind.S_ABORT_REQ
+    return BlockKind.INVALID
+
+
+class T1Protocol:
+    """Host side of T=1 for one card: chaining, WTX, IFS, error recovery, resync.
+
+    ``ifsc``: the card's maximum INF (from the ATR); ``ifsd``: the largest INF we accept
+    (tell the card with ``ifs_request``); ``crc``: EDC is CRC (else LRC); ``nad``: NAD byte.
+    """
+
+    def __init__(self, ifsc: int = 32, ifsd: int = 254, crc: bool = False, nad: int = 0,
+                 max_retries: int = 3) -> None:
+        for name, value in (("ifsc", ifsc), ("ifsd", ifsd)):
+            if not 1 <= value <= 254:
+                raise UsageError(f"{name} must be 1..254, got {value}")
+        if not 0 <= nad <= 0xFF:
+            raise UsageError(f"nad must be a byte, got {nad}")
+        if max_retries < 1:
+            raise UsageError(f"max_retries must be at least 1, got {max_retries}")
+        self._initial_ifsc = ifsc
+        self.ifsc = ifsc
+        self.ifsd = ifsd
+        self.crc = crc
+        self.nad = nad
+        self.max_retries = max_retries
+        self.ns = 0  # N(S) of our next (or pending) I-block
+        self.nr = 0  # N(S) we expect in the card's next I-block
+        self.state = T1State.IDLE
+        self._apdu = b""
+        self._offset = 0  # command bytes acknowledged so far
+        self._chunk = b""  # INF of the pending I-block
+        self._more = False
+        self._response = bytearray()
+        self._last_s = b""  # our pending S request (IFS/RESYNCH), resent on error
+        self._ifs_asked = 0
+        self._retries = 0
+        self._resync_attempts = 0
+        self._resyncs = 0
+        self._wtx_count = 0
+        self._after_resync = T1State.IDLE  # what a resync restarts
+        self._handlers: dict[_Action, Callable[[bytes], T1Event]] = {
+            _Action.NEXT_CHUNK: self._next_chunk,
+            _Action.RESEND_I: self._resend_i,
+            _Action.RESEND_R: self._resend_r,
+            _Action.RECEIVE_LAST: self._receive_last,
+            _Action.RECEIVE_MORE: self._receive_more,
+            _Action.ANSWER_IFS: self._answer_ifs,
+            _Action.ANSWER_WTX: self._answer_wtx,
+            _Action.ABORTED: self._aborted,
+            _Action.IFS_DONE: self._ifs_done,
+            _Action.RESYNCH_DONE: self._resynch_done,
+        }
+
+    # --- public --------------------------------------------------------------------
+
+    def start(self, apdu: bytes) -> bytes:
+        """Begin sending ``apdu``; returns the first I-block."""
+        self._require_idle("start an APDU")
+        apdu = bytes(apdu)
+        if not apdu:
+            raise UsageError("cannot send an empty APDU over T=1")
+        self._apdu = apdu
+        self._resyncs = 0
+        self._wtx_count = 0
+        return self._begin_apdu()
+
+    def ifs_request(self, ifsd: int) -> bytes:
+        """S(IFS request) announcing ``ifsd``; ``ifsd`` applies once the card confirms."""
+        self._require_idle("negotiate IFSD")
+        if not 1 <= ifsd <= 254:
+            raise UsageError(f"IFSD must be 1..254, got {ifsd}")
+        self._ifs_asked = ifsd
+        self._resyncs = 0
+        self._reset_retries()
+        self.state = T1State.IFS_PENDING
+        self._last_s = self._build(S_BLOCK | S_IFS, bytes([ifsd]))
+        return self._last_s
+
+    def resync_request(self) -> bytes:
+        """S(RESYNCH request): on the response, sequence numbers and IFSC reset."""
+        self._require_idle("resynchronise")
+        self._resyncs = 0
+        self._after_resync = T1State.IDLE
+        return self._start_resync()
+
+    def receive(self, block: bytes) -> T1Event:
+        """Handle one block from the card."""
+        if self.state is T1State.IDLE:
+            raise UsageError("T=1 received a block with no exchange in progress")
+        try:
+            _nad, pcb, inf = check_t1_block(bytes(block), self.crc)
+        except T1BlockError as exc:
+            code = RError.EDC if exc.status is T1Status.EDC else RError.OTHER
+            return SendBlock(self._recover(code))
+        kind = classify_block(pcb, inf, ns=self.ns, nr=self.nr, ifsd=self.ifsd)
+        action = TRANSITIONS.get((self.state, kind))
+        if action is None:
+            return SendBlock(self._recover(RError.OTHER))
+        return self._handlers[action](inf)
+
+    def timeout_error(self) -> bytes:
+        """The block to send after a block waiting time passed without a reply."""
+        if self.state is T1State.IDLE:
+            raise UsageError("T=1 timeout with no exchange in progress")
+        return self._recover(RError.OTHER)
+
+    def reset(self) -> None:
+        """Forget everything (after a card reset): sequence numbers 0, IFSC initial."""
+        self.state = T1State.IDLE
+        self.ns = self.nr = 0
+        self.ifsc = self._initial_ifsc
+        self._response.clear()
+        self._apdu = b""
+        self._reset_retries()
+        self._resyncs = 0
+
+    # --- building ------------------------------------------------------------------
+
+    def _build(self, pcb: int, inf: bytes = b"") -> bytes:
+        return build_t1_block(self.nad, pcb, inf, self.crc)
+
+    def _i_block(self) -> bytes:
+        pcb = (self.ns << 6) | (I_MORE if self._more else 0)
+        return self._build(pcb, self._chunk)
+
+    def _r_block(self, code: RError = RError.NONE) -> bytes:
+        return self._build(R_BLOCK | (self.nr << 4) | code)
+
+    def _require_idle(self, what: str) -> None:
+        if self.state is not T1State.IDLE:
+            raise UsageError(f"cannot {what}: T=1 exchange in progress ({self.state.value})")
+
+    def _reset_retries(self) -> None:
+        self._retries = 0
+        self._resync_attempts = 0
+
+    def _begin_apdu(self) -> bytes:
+        self._offset = 0
+        self._response.clear()
+        self._reset_retries()
+        return self._send_chunk()
+
+    def _send_chunk(self) -> bytes:
+        self._chunk = self._apdu[self._offset : self._offset + self.ifsc]
+        self._more = self._offset + len(self._chunk) < len(self._apdu)
+        self.state = T1State.SENDING if self._more else T1State.AWAITING
+        return self._i_block()
+
+    # --- actions -------------------------------------------------------------------
+
+    def _next_chunk(self, _inf: bytes) -> T1Event:
+        self._reset_retries()
+        self._offset += len(self._chunk)
+        self.ns ^= 1
+        return SendBlock(self._send_chunk())
+
+    def _resend_i(self, _inf: bytes) -> T1Event:
+        return SendBlock(self._count_retry() or self._i_block())
+
+    def _resend_r(self, _inf: bytes) -> T1Event:
+        return SendBlock(self._count_retry() or self._r_block())
+
+    def _take(self, inf: bytes) -> None:
+        if self.state is T1State.AWAITING:
+            self.ns ^= 1  # the card's I-block acknowledges our last one
+        self._reset_retries()
+        self.nr ^= 1
+        if len(self._response) + len(inf) > MAX_RESPONSE:
+            self.state = T1State.IDLE
+            raise T1Error(f"card response exceeds {MAX_RESPONSE} bytes")
+        self._response += inf
+
+    def _receive_more(self, inf: bytes) -> T1Event:
+        self._take(inf)
+        self.state = T1State.RECEIVING
+        return SendBlock(self._r_block())
+
+    def _receive_last(self, inf: bytes) -> T1Event:
+        self._take(inf)
+        self.state = T1State.IDLE
+        response = bytes(self._response)
+        self._response.clear()
+        return Complete(response)
+
+    def _answer_ifs(self, inf: bytes) -> T1Event:
+        self.ifsc = inf[0]
+        return SendBlock(self._build(S_BLOCK | S_RESPONSE | S_IFS, inf))
+
+    def _answer_wtx(self, inf: bytes) -> T1Event:
+        self._wtx_count += 1
+        if self._wtx_count > MAX_WTX:
+            self.state = T1State.IDLE
+            raise T1Error(f"card asked for more than {MAX_WTX} waiting time extensions")
+        return SendBlock(self._build(S_BLOCK | S_RESPONSE | S_WTX, inf), wtx=inf[0])
+
+    def _aborted(self, _inf: bytes) -> T1Event:
+        self.state = T1State.IDLE
+        self._response.clear()
+        raise T1Error("card aborted the chained exchange (S(ABORT request))")
+
+    def _ifs_done(self, inf: bytes) -> T1Event:
+        if inf[0] != self._ifs_asked:
+            return SendBlock(self._recover(RError.OTHER))
+        self.ifsd = inf[0]
+        self.state = T1State.IDLE
+        return Complete(b"")
+
+    def _resynch_done(self, _inf: bytes) -> T1Event:
+        self.ns = self.nr = 0
+        self.ifsc = self._initial_ifsc
+        self._reset_retries()
+        if self._after_resync is T1State.IDLE:
+            self.state = T1State.IDLE
+            return Complete(b"")
+        # Mid-APDU: the card lost its context; send the APDU again from the start.
+        return SendBlock(self._begin_apdu())
+
+    # --- error recovery ------------------------------------------------------------
+
+    def _count_retry(self) -> bytes | None:
+        """Count one retry; past the limit return the resync block to send instead."""
+        self._retries += 1
+        if self._retries > self.max_retries:
+            return self._escalate()
+        return None
+
+    def _recover(self, code: RError) -> bytes:
+        """Block to send after an invalid block or a timeout (ISO/IEC 7816-3 rules 7.1-7.4)."""
+        if self.state is T1State.RESYNC_PENDING:
+            return self._start_resync()
+        escalated = self._count_retry()
+        if escalated is not None:
+            return escalated
+        if self.state is T1State.IFS_PENDING:
+            return self._last_s
+        return self._r_block(code)
+
+    def _escalate(self) -> bytes:
+        if self.state is T1State.IFS_PENDING:
+            self.state = T1State.IDLE
+            raise T1Error(f"no valid S(IFS response) after {self.max_retries} retries")
+        if self._resyncs >= MAX_RESYNCS:
+            self.state = T1State.IDLE
+            raise T1Error(f"T=1 exchange failed after {self.max_retries} retries "
+                          "and resynchronisation")
+        self._resyncs += 1
+        self._after_resync = self.state
+        return self._start_resync()
+
+    def _start_resync(self) -> bytes:
+        self._resync_attempts += 1
+        if self._resync_attempts > self.max_retries:
+            self.state = T1State.IDLE
+            raise T1Error(f"no S(RESYNCH response) after {self.max_retries} attempts")
+        self.state = T1State.RESYNC_PENDING
+        self._last_s = self._build(S_BLOCK | S_RESYNCH)
+        return self._last_s
