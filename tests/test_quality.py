@@ -16,7 +16,8 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
 def test_ruff_clean() -> None:
     exe = shutil.which("ruff")
     cmd = [exe] if exe else [sys.executable, "-m", "ruff"]
-    result = _run(*cmd, "check", "ccid", "tests", "tools", "benchmarks")
+    targets = [d for d in ("ccid", "tests", "tools", "benchmarks") if (ROOT / d).is_dir()]
+    result = _run(*cmd, "check", *targets)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
