@@ -1,0 +1,80 @@
+#!/usr/bin/env python3
+"""The virtual reader's own cost: a bare XfrBlock loop through pyusb, no library code above.
+
+    python benchmarks/bench_virtual.py [--seconds 2] [--preset short-apdu]
+
+The card answers instantly (ECHO of 3 bytes at APDU level, 250 bytes for a bigger frame);
+each round trip is one bulk-OUT write of a PC_to_RDR_XfrBlock and one bulk-IN read of the
+RDR_to_PC_DataBlock. This is the floor the library's per-APDU cost is measured against.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import usb.core  # noqa: E402
+import usb.util  # noqa: E402
+
+from ccid.framing import build_frame  # noqa: E402
+from ccid.testing.presets import preset  # noqa: E402
+
+
+def run(name: str, payload: bytes, seconds: float) -> tuple[float, float, int]:
+    """(round trips per second, CPU seconds per round trip, reply size)."""
+    backend = preset(name)
+    dev = usb.core.find(backend=backend)
+    dev.set_configuration()
+    intf = dev.get_active_configuration()[(0, 0)]
+    usb.util.claim_interface(dev, intf.bInterfaceNumber)
+    eps = list(intf)
+    out = next(e for e in eps if not e.bEndpointAddress & 0x80)
+    inp = next(e for e in eps if e.bEndpointAddress & 0x80 and e.bmAttributes == 2)
+    # a driver reads with a buffer of dwMaxCCIDMessageLength, whole packets
+    bufsize = -(-backend.readers[0].max_message // 64) * 64
+    auto_voltage = backend.readers[0].descriptor.dwFeatures & 0x08
+    out.write(build_frame(0x62, 0, 0, 0 if auto_voltage else 1))
+    assert bytes(inp.read(bufsize, 1000))[7] == 0, "power on failed"
+    size = 0
+    seq = 1
+    n = 0
+    c0 = time.process_time()
+    t0 = time.perf_counter()
+    end = t0 + seconds
+    while True:
+        for _ in range(200):
+            out.write(build_frame(0x6F, 0, seq, 0, 0, 0, payload))
+            reply = inp.read(bufsize, 1000)
+            seq = (seq + 1) & 0xFF
+        n += 200
+        if time.perf_counter() >= end:
+            break
+    t1 = time.perf_counter()
+    c1 = time.process_time()
+    size = len(reply)
+    return n / (t1 - t0), (c1 - c0) / n, size
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument("--preset", default="short-apdu",
+                        help="an APDU-level preset (short-apdu, extended-apdu, no-interrupt…)")
+    args = parser.parse_args()
+    print(f"python {platform.python_version()} on {platform.machine()}, preset {args.preset}")
+    small = bytes.fromhex("8010000003010203") + b"\x00"
+    big = bytes.fromhex("80100000FA") + bytes(250) + b"\x00"
+    for label, apdu in (("echo 3 bytes", small), ("echo 250 bytes", big)):
+        rate, cpu, size = run(args.preset, apdu, args.seconds)
+        print(f"{label:>15}: {rate:9.0f} round trips/s  {cpu * 1e6:7.1f} us CPU each  "
+              f"(reply {size} bytes)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,166 @@
+"""Faults to inject into a virtual reader: each failure path of a driver needs one.
+
+A fault is a frozen description; ``VirtualReader.inject(fault)`` arms it. It applies to the
+commands it matches (message types, slot, payload prefix) ``count`` times (``None``: for
+ever), in the order faults were injected. Faults that are not about one command
+(``ClaimedElsewhere``) apply to the reader as a whole until removed with
+``VirtualReader.clear_faults()``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "BadLength",
+    "CardRemoved",
+    "ClaimedElsewhere",
+    "Fault",
+    "Garbage",
+    "NoAnswer",
+    "PinCancelled",
+    "PinTimeout",
+    "SlowCard",
+    "StaleFrame",
+    "Stall",
+    "TimeExtension",
+    "Truncate",
+    "Unplug",
+    "WrongSeq",
+    "WrongSlot",
+    "WrongType",
+]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Fault:
+    """What every fault matches on.
+
+    ``commands``: PC_to_RDR message types (None: any); ``slot``: bSlot (None: any);
+    ``prefix``: the command's payload must start with these bytes; ``count``: how many
+    matching commands it spoils (None: all of them).
+    """
+
+    commands: frozenset[int] | None = None
+    slot: int | None = None
+    prefix: bytes | None = None
+    count: int | None = 1
+
+    def matches(self, msg_type: int, slot: int, payload: bytes) -> bool:
+        if self.commands is not None and msg_type not in self.commands:
+            return False
+        if self.slot is not None and slot != self.slot:
+            return False
+        return self.prefix is None or bytes(payload).startswith(self.prefix)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TimeExtension(Fault):
+    """``times`` replies with bmCommandStatus 2 (bError = ``multiplier``) before the answer,
+    one every ``interval`` seconds."""
+
+    times: int = 1
+    multiplier: int = 1
+    interval: float = 0.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NoAnswer(Fault):
+    """The command is never answered (the slot stays busy until ABORT).
+
+    ``wedge``: the reader's firmware hangs as the Gemalto CT700 does after an unanswered
+    escape: every later bulk-OUT write times out, until the device is reset or re-plugged.
+    """
+
+    wedge: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WrongSeq(Fault):
+    """The reply carries bSeq + ``delta``."""
+
+    delta: int = 1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WrongSlot(Fault):
+    """The reply carries bSlot + ``delta``."""
+
+    delta: int = 1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WrongType(Fault):
+    """The reply carries bMessageType ``msg_type`` (default: RDR_to_PC_DataRateAndClock)."""
+
+    msg_type: int = 0x84
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BadLength(Fault):
+    """The reply's dwLength lies by ``delta`` bytes (the bytes sent stay the same)."""
+
+    delta: int = 4
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Truncate(Fault):
+    """Only the first ``keep`` bytes of the reply are sent."""
+
+    keep: int = 5
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Garbage(Fault):
+    """The reply is replaced by ``data``."""
+
+    data: bytes = b"\xde\xad\xbe\xef"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StaleFrame(Fault):
+    """A copy of the previous reply (old bSeq) is sent before the real one."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Stall(Fault):
+    """Halt an endpoint: ``"out"``: the command's write fails with EPIPE and is lost;
+    ``"in"``: the reply is kept but bulk-IN reads fail with EPIPE until clear_halt."""
+
+    endpoint: str = "in"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Unplug(Fault):
+    """The reader is unplugged: ``"write"`` as the command arrives (the write fails with
+    ENODEV), ``"reply"`` after the command ran, before its reply is read."""
+
+    stage: str = "reply"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SlowCard(Fault):
+    """The reply comes ``delay`` seconds late (on top of the card's own delay)."""
+
+    delay: float = 0.5
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CardRemoved(Fault):
+    """The card is pulled out while the command runs: the reply says ICC absent, bError
+    ICC_MUTE, and a NotifySlotChange follows."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PinCancelled(Fault):
+    """The user presses Cancel on the pinpad: PC_to_RDR_Secure fails with bError 0xEF."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PinTimeout(Fault):
+    """Nobody types the PIN: PC_to_RDR_Secure fails with bError 0xF0."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClaimedElsewhere(Fault):
+    """Another process (pcscd) holds the interface: claim_interface fails with EBUSY."""
