@@ -171,17 +171,27 @@ def parse_ccid_descriptor(raw: bytes) -> CCIDDescriptor:
     return CCIDDescriptor(*_LAYOUT.unpack(raw))
 
 
-def _walk(extra: bytes) -> list[bytes]:
-    """Split concatenated descriptors; stop at a malformed length (never read past the end)."""
+def _walk(extra: bytes) -> tuple[list[bytes], str | None]:
+    """Split concatenated descriptors; stop at a malformed length (never read past the end).
+
+    Returns the whole descriptors and, when the walk stopped early, what stopped it.
+    """
     out: list[bytes] = []
     pos = 0
-    while pos + 2 <= len(extra):
+    while pos < len(extra):
+        if pos + 2 > len(extra):
+            return out, f"{len(extra) - pos} stray byte(s) at offset {pos}"
         length = extra[pos]
-        if length < 2 or pos + length > len(extra):
-            break
+        if length < 2:
+            return out, f"bLength {length} at offset {pos}"
+        if pos + length > len(extra):
+            return out, (
+                f"type 0x{extra[pos + 1]:02X} bLength {length} truncated to"
+                f" {len(extra) - pos} bytes at offset {pos}"
+            )
         out.append(bytes(extra[pos : pos + length]))
         pos += length
-    return out
+    return out, None
 
 
 def locate_ccid_descriptor(
@@ -201,10 +211,13 @@ def locate_ccid_descriptor(
     if endpoint_extras:
         places.append(bytes(endpoint_extras[-1]))
     for place in places:
-        for desc in _walk(place):
+        descs, stopped = _walk(place)
+        for desc in descs:
             if len(desc) == CCID_DESCRIPTOR_LENGTH and desc[1] in _ACCEPTED_TYPES:
                 return desc
             found.append(f"type 0x{desc[1]:02X} length {len(desc)}")
+        if stopped:
+            found.append(stopped)
     what = ", ".join(found) if found else "no class descriptor"
     raise DescriptorError(
         f"no 54-byte CCID class descriptor on interface class 0x{interface_class:02X} ({what})"
@@ -212,26 +225,37 @@ def locate_ccid_descriptor(
 
 
 def _parse_dword_array(payload: bytes, declared: int | None) -> tuple[int, ...]:
+    # The rules of a careful driver, checked against the 773 dumps of the libccid corpus:
+    # - a payload that is not whole DWORDs is not a table (readers answer 1 or 2 stray
+    #   bytes): no list, so the caller falls back to the descriptor's range;
+    # - bNum*Supported > 0 bounds the table: readers return 256 entries for 106 declared,
+    #   the entries past the declared count are not trusted;
+    # - a zero entry ends the table: readers that declare 0 answer zero-filled or garbage
+    #   buffers, and a genuine table never holds a zero rate (zero-dropping instead would
+    #   keep the garbage behind the zeros).
+    # Entries outside dwDataRate..dwMaxDataRate are kept: many genuine tables exceed the
+    # declared maximum, so only the caller can weigh them (e.g. against the card's Fi/Di).
     payload = bytes(payload)
-    if len(payload) % 4:
-        # A careful driver keeps the whole DWORDs and ignores the ragged tail: several
-        # readers answer a 1- or 2-byte payload here (the corpus shows them); a payload
-        # with no whole DWORD means "no list".
-        payload = payload[: len(payload) - len(payload) % 4]
-    values = [int.from_bytes(payload[i : i + 4], "little") for i in range(0, len(payload), 4)]
-    if declared is not None and declared > 0 and len(values) > declared:
-        # Longer than the descriptor declares: the extra entries are not trusted.
-        values = values[:declared]
-    # Zero entries are padding, not rates.
-    return tuple(v for v in values if v)
+    if not payload or len(payload) % 4:
+        return ()
+    count = len(payload) // 4
+    if declared is not None and declared > 0:
+        count = min(count, declared)
+    values: list[int] = []
+    for i in range(count):
+        value = int.from_bytes(payload[4 * i : 4 * i + 4], "little")
+        if value == 0:
+            break
+        values.append(value)
+    return tuple(values)
 
 
 def parse_data_rates(payload: bytes, declared: int | None = None) -> tuple[int, ...]:
     """Decode a GET_DATA_RATES answer: little-endian DWORDs in bps.
 
-    A tail that is not a whole DWORD is dropped; entries beyond ``declared``
-    (bNumDataRatesSupported, when non-zero) are dropped; zero entries are dropped.
-    Order is kept as the reader gave it.
+    A payload that is not whole DWORDs gives no list (); only the first ``declared``
+    entries count (bNumDataRatesSupported, when non-zero); a zero entry ends the list.
+    Order and duplicates are kept as the reader gave them.
     """
     return _parse_dword_array(payload, declared)
 
