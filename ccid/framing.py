@@ -45,6 +45,10 @@ class FrameStatus(IntEnum):
     TRAILING = _py.TRAILING  # more bytes than dwLength announces
 
 
+# Indexing a tuple is ~10x cheaper than FrameStatus(code) on this per-transfer path.
+_FRAME_STATUS: tuple[FrameStatus, ...] = tuple(FrameStatus(c) for c in range(len(FrameStatus)))
+
+
 class T1Status(IntEnum):
     """Outcome of checking a T=1 block."""
 
@@ -112,7 +116,8 @@ def parse_header(buf: bytes) -> tuple[int, int, int, int, int, int, int]:
 def check_reply(buf: bytes, expect_type: int, slot: int, seq: int,
                 max_length: int = 0) -> FrameStatus:
     """Check an RDR_to_PC frame against the command sent (max_length 0: no limit)."""
-    return FrameStatus(_check_reply(buf, expect_type, slot, seq, max_length))
+    code: int = _check_reply(buf, expect_type, slot, seq, max_length)
+    return _FRAME_STATUS[code]
 
 
 def build_t1_block(nad: int, pcb: int, inf: bytes, crc: bool) -> bytes:

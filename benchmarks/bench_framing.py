@@ -1,0 +1,187 @@
+"""Framing throughput: the C fast path (cffi) beside the pure-Python twin and construct.
+
+One process, same inputs for every implementation, best of several rounds:
+
+* frames: build a PC_to_RDR_XfrBlock frame and check an RDR_to_PC_DataBlock reply of the
+  same size (payloads of 5, 261 and 65,546 bytes);
+* T=1: build and check a block with a 254-byte INF, with LRC and with CRC;
+* extended APDU: split a 65,535-byte APDU into chunks (65,536 - 10 and 261 bytes), then
+  join the pieces again.
+
+Run: ``python benchmarks/bench_framing.py`` (``--quick`` for a smoke run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from ccid import _framing_py as twin
+
+try:
+    from ccid import _fast as fast
+except ImportError:
+    fast = None  # type: ignore[assignment]
+
+try:  # the executable spec, when messages.py is present
+    from ccid.messages import FRAME
+
+    CONSTRUCT_SOURCE = "ccid.messages.FRAME"
+except ImportError:  # pragma: no cover - only before messages.py exists
+    from construct import Bytes, Int8ub, Int32ul, Rebuild, Struct, Terminated, len_, this
+
+    FRAME = Struct(
+        "bMessageType" / Int8ub, "dwLength" / Rebuild(Int32ul, len_(this.abData)),
+        "bSlot" / Int8ub, "bSeq" / Int8ub, "abParameters" / Bytes(3),
+        "abData" / Bytes(this.dwLength), Terminated)
+    CONSTRUCT_SOURCE = "inline construct.Struct (ccid.messages absent)"
+
+
+def _batch(fn: Callable[[], Any], min_time: float) -> int:
+    """Calls per timed round so that one round lasts about ``min_time`` seconds."""
+    batch = 1
+    while True:
+        start = time.perf_counter()
+        for _ in range(batch):
+            fn()
+        if time.perf_counter() - start >= min_time / 4 or batch >= 1 << 22:
+            return batch * 4
+        batch *= 2
+
+
+def measure(impls: dict[str, Callable[[], Any]], min_time: float,
+            rounds: int) -> dict[str, float]:
+    """Best ns per call of each implementation; rounds interleave the implementations so a
+    burst of load elsewhere on the machine hits all of them alike."""
+    batches = {name: _batch(fn, min_time) for name, fn in impls.items()}
+    best = dict.fromkeys(impls, float("inf"))
+    for _ in range(rounds):
+        for name, fn in impls.items():
+            n = batches[name]
+            start = time.perf_counter()
+            for _ in range(n):
+                fn()
+            best[name] = min(best[name], (time.perf_counter() - start) / n * 1e9)
+    return best
+
+
+def frame_cases() -> dict[str, dict[str, Callable[[], Any]]]:
+    cases: dict[str, dict[str, Callable[[], Any]]] = {}
+    for size in (5, 261, 65_546):
+        payload = bytes(i & 0xFF for i in range(size))
+        reply = twin.build_frame(0x80, 0, 7, 0, 0, 0, payload)
+
+        def with_impl(m: Any, payload: bytes = payload, reply: bytes = reply) -> Callable[[], Any]:
+            build, check = m.build_frame, m.check_reply
+
+            def run() -> None:
+                build(0x6F, 0, 7, 4, 0, 0, payload)
+                if check(reply, 0x80, 0, 7, 0):
+                    raise AssertionError("reply rejected")
+            return run
+
+        def with_construct(payload: bytes = payload, reply: bytes = reply) -> Callable[[], Any]:
+            build, parse = FRAME.build, FRAME.parse
+
+            def run() -> None:
+                build({"bMessageType": 0x6F, "bSlot": 0, "bSeq": 7,
+                       "abParameters": b"\x04\x00\x00", "abData": payload})
+                frame = parse(reply)
+                if frame.bSeq != 7 or frame.bSlot != 0 or frame.bMessageType != 0x80:
+                    raise AssertionError("reply rejected")
+            return run
+
+        impls = {"python": with_impl(twin), "construct": with_construct()}
+        if fast is not None:
+            impls["cffi"] = with_impl(fast)
+
+            def c_builder(payload: bytes = payload, reply: bytes = reply) -> None:
+                fast._build_frame_cffi(0x6F, 0, 7, 4, 0, 0, payload)
+                fast.check_reply(reply, 0x80, 0, 7, 0)
+            impls["cffi (C builder)"] = c_builder
+        cases[f"frame build+check, {size:,}-byte payload"] = impls
+    return cases
+
+
+def t1_cases() -> dict[str, dict[str, Callable[[], Any]]]:
+    inf = bytes((i * 7) & 0xFF for i in range(254))
+    cases: dict[str, dict[str, Callable[[], Any]]] = {}
+    for crc in (False, True):
+        def with_impl(m: Any, crc: bool = crc) -> Callable[[], Any]:
+            build, check = m.build_t1_block, m.check_t1_block
+
+            def run() -> None:
+                if check(build(0x00, 0x20, inf, crc), crc)[0]:
+                    raise AssertionError("block rejected")
+            return run
+        impls = {"python": with_impl(twin)}
+        if fast is not None:
+            impls["cffi"] = with_impl(fast)
+        cases[f"T=1 build+check, 254-byte INF, {'CRC' if crc else 'LRC'}"] = impls
+    return cases
+
+
+def apdu_cases() -> dict[str, dict[str, Callable[[], Any]]]:
+    apdu = bytes((i * 13) & 0xFF for i in range(65_535))
+    cases: dict[str, dict[str, Callable[[], Any]]] = {}
+    for chunk in (65_536 - 10, 261):
+        def with_impl(m: Any, chunk: int = chunk) -> Callable[[], Any]:
+            split, join = m.split_extended, m.join_chained
+
+            def run() -> None:
+                if join(split(apdu, chunk))[0]:
+                    raise AssertionError("chain rejected")
+            return run
+        impls = {"python": with_impl(twin)}
+        if fast is not None:
+            impls["cffi"] = with_impl(fast)
+        cases[f"extended APDU split+join, 65,535 bytes, chunk {chunk:,}"] = impls
+    return cases
+
+
+def machine() -> str:
+    model = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        model = platform.processor() or "?"
+    return (f"{os.cpu_count()} CPUs ({model}), Python {platform.python_version()} "
+            f"({platform.python_implementation()}), {platform.system()} {platform.machine()}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="short smoke run")
+    parser.add_argument("--rounds", type=int, default=7, help="timed rounds per case")
+    parser.add_argument("--min-time", type=float, default=0.2, help="seconds per round")
+    args = parser.parse_args()
+    rounds, min_time = (2, 0.02) if args.quick else (args.rounds, args.min_time)
+
+    print(f"machine: {machine()}")
+    print(f"construct baseline: {CONSTRUCT_SOURCE}")
+    if fast is None:
+        print("ccid._fast_cffi is not built: only the twin and construct are measured")
+    for group in (frame_cases(), t1_cases(), apdu_cases()):
+        for title, impls in group.items():
+            print(f"\n{title}")
+            times = measure(impls, min_time, rounds)
+            base = times["python"]
+            for name, ns in times.items():
+                print(f"  {name:18s} {ns / 1000:10.2f} µs/op {1e9 / ns:14,.0f} op/s"
+                      f"   x{base / ns:6.2f} vs python")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,62 @@
+/* C fast path of ccid.framing: declarations shared by _fast.c, the cffi build and the
+ * AddressSanitizer driver (tests/asan/driver.c).
+ *
+ * Every function takes explicit lengths; every output buffer comes with its capacity.
+ * Negative returns are errors (CCID_E_*), never partial writes past the capacity.
+ */
+#ifndef CCID_FAST_H
+#define CCID_FAST_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Errors of the build functions (argument checks, not wire faults). */
+#define CCID_E_RANGE (-1)    /* a byte argument outside 0..255 */
+#define CCID_E_CAPACITY (-2) /* output buffer too small */
+#define CCID_E_LENGTH (-3)   /* input too long for the field that carries its length */
+
+/* RDR_to_PC check codes: same values as ccid._framing_py. */
+#define CCID_OK 0
+#define CCID_SHORT_HEADER 1
+#define CCID_INCOMPLETE 2
+#define CCID_WRONG_TYPE 3
+#define CCID_WRONG_SLOT 4
+#define CCID_WRONG_SEQ 5
+#define CCID_TOO_LONG 6
+#define CCID_TRAILING 7
+
+/* T=1 block check codes. */
+#define CCID_T1_OK 0
+#define CCID_T1_SHORT 1
+#define CCID_T1_LENGTH 2
+#define CCID_T1_EDC 3
+#define CCID_T1_INF_TOO_LONG 4
+
+/* join_chained codes. */
+#define CCID_JOIN_OK 0
+#define CCID_JOIN_EMPTY 1
+#define CCID_JOIN_BAD_FIRST 2
+#define CCID_JOIN_BAD_MIDDLE 3
+#define CCID_JOIN_UNTERMINATED 4
+
+int ccid_build_header(uint8_t *out, size_t cap, int msg_type, int slot, int seq, int p1,
+                      int p2, int p3, uint64_t payload_len);
+long long ccid_build_frame(uint8_t *out, size_t cap, int msg_type, int slot, int seq, int p1,
+                           int p2, int p3, const uint8_t *payload, size_t payload_len);
+long long ccid_frame_size(const uint8_t *buf, size_t len);
+int ccid_check_reply(const uint8_t *buf, size_t len, long long expect_type, long long slot,
+                     long long seq, long long max_length);
+unsigned int ccid_lrc(const uint8_t *data, size_t len);
+unsigned int ccid_crc16(const uint8_t *data, size_t len);
+long long ccid_build_t1_block(uint8_t *out, size_t cap, int nad, int pcb, const uint8_t *inf,
+                              size_t inf_len, int crc);
+int ccid_check_t1_block(const uint8_t *block, size_t len, int crc);
+long long ccid_split_count(size_t apdu_len, long long chunk);
+long long ccid_split_extended(size_t apdu_len, long long chunk, uint16_t *levels,
+                              size_t *offsets, size_t *lengths, size_t cap);
+int ccid_join_check(const uint8_t *levels, size_t count);
+int ccid_join_chained(const uint8_t *levels, const uint8_t *const *data,
+                      const size_t *lengths, size_t count, uint8_t *out, size_t cap,
+                      size_t *out_len);
+
+#endif

@@ -1,0 +1,201 @@
+"""C fast path of ``ccid.framing``: thin wrappers over ``ccid._fast_cffi`` (``ccid/_fast.c``).
+
+Same names, signatures and results as ``ccid._framing_py``. ``bytes`` go to C without a copy;
+other bytes-like objects through ``ffi.from_buffer``; anything the C types cannot carry
+(ints past 64 bits, lists of big ints, odd buffer formats) is handed to the twin, so even
+the errors raised are the twin's. Importing this module raises ImportError when the
+extension was not built; ``ccid.framing`` then uses the twin.
+
+Measured choices (benchmarks/RESULTS.md): a cffi call that fills a fresh buffer and copies
+it into ``bytes`` costs more than the 10-byte header it would build, so ``build_frame``
+packs the header with ``struct`` (the stdlib's C) and ``build_t1_block`` lets C compute only
+the EDC; the chunk and chain plumbing iterates with ``map`` and ``itemgetter`` so that no
+Python bytecode runs per piece. ``ccid_build_frame`` and ``ccid_build_t1_block`` stay in
+the C API (sanitizer-tested) for C callers and for ``_build_frame_cffi``.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from operator import itemgetter
+from typing import Any
+
+from ccid import _framing_py as _py
+from ccid._fast_cffi import ffi, lib  # ImportError when not built: framing falls back
+
+__all__ = [
+    "build_frame",
+    "build_t1_block",
+    "check_reply",
+    "check_t1_block",
+    "crc16",
+    "frame_size",
+    "join_chained",
+    "lrc",
+    "split_extended",
+]
+
+_HEADER = struct.Struct("<BIBBBBB")
+_pack_header = _HEADER.pack
+_alloc = ffi.new_allocator(should_clear_after_alloc=False)
+_from_buffer = ffi.from_buffer
+_buffer = ffi.buffer
+_ONE_BYTE = tuple(bytes((i,)) for i in range(256))
+_first = itemgetter(0)
+_second = itemgetter(1)
+
+_check_reply: Callable[..., int] = lib.ccid_check_reply
+_frame_size: Callable[..., int] = lib.ccid_frame_size
+_lrc: Callable[..., int] = lib.ccid_lrc
+_crc16: Callable[..., int] = lib.ccid_crc16
+_build_frame_c: Callable[..., int] = lib.ccid_build_frame
+_check_t1: Callable[..., int] = lib.ccid_check_t1_block
+_split_count: Callable[..., int] = lib.ccid_split_count
+_join_check: Callable[..., int] = lib.ccid_join_check
+
+
+def _view(data: Any) -> Any:
+    """A cffi pointer over a byte buffer other than ``bytes``; None: let the twin decide."""
+    if isinstance(data, bytearray):
+        return _from_buffer(data)
+    if isinstance(data, memoryview) and data.format == "B" and data.ndim == 1 \
+            and data.c_contiguous:
+        return _from_buffer(data)
+    return None
+
+
+def build_frame(msg_type: int, slot: int, seq: int, p1: int, p2: int, p3: int,
+                payload: bytes) -> bytes:
+    """10-byte header (type, dwLength LE, slot, seq, 3 message-specific bytes) + payload."""
+    try:
+        return _pack_header(msg_type, len(payload) & 0xFFFFFFFF, slot, seq, p1, p2, p3) \
+            + payload
+    except (struct.error, TypeError):
+        return _py.build_frame(msg_type, slot, seq, p1, p2, p3, payload)
+
+
+def _build_frame_cffi(msg_type: int, slot: int, seq: int, p1: int, p2: int, p3: int,
+                      payload: bytes) -> bytes:
+    """build_frame through ``ccid_build_frame`` (kept for tests and the benchmark)."""
+    n = len(payload)
+    out = _alloc("uint8_t[]", n + 10)
+    try:
+        size = _build_frame_c(out, n + 10, msg_type, slot, seq, p1, p2, p3, payload, n)
+    except (TypeError, OverflowError):
+        view = _view(payload)
+        if view is None:
+            return _py.build_frame(msg_type, slot, seq, p1, p2, p3, payload)
+        try:
+            size = _build_frame_c(out, n + 10, msg_type, slot, seq, p1, p2, p3, view, n)
+        except (TypeError, OverflowError):
+            return _py.build_frame(msg_type, slot, seq, p1, p2, p3, payload)
+    if size < 0:
+        return _py.build_frame(msg_type, slot, seq, p1, p2, p3, payload)
+    return bytes(_buffer(out, size))
+
+
+def frame_size(buf: bytes) -> int:
+    """Total size announced by a header (10 + dwLength), or -1 when fewer than 10 bytes."""
+    try:
+        return _frame_size(buf, len(buf))
+    except (TypeError, OverflowError):
+        view = _view(buf)
+        return _py.frame_size(buf) if view is None else _frame_size(view, len(view))
+
+
+def check_reply(buf: bytes, expect_type: int, slot: int, seq: int, max_length: int) -> int:
+    """Validate an RDR_to_PC frame against the command it answers; return a status code."""
+    try:
+        return _check_reply(buf, len(buf), expect_type, slot, seq, max_length)
+    except (TypeError, OverflowError):
+        view = _view(buf)
+        if view is None:
+            return _py.check_reply(buf, expect_type, slot, seq, max_length)
+        try:
+            return _check_reply(view, len(view), expect_type, slot, seq, max_length)
+        except (TypeError, OverflowError):
+            return _py.check_reply(buf, expect_type, slot, seq, max_length)
+
+
+def lrc(data: bytes) -> int:
+    """Longitudinal redundancy check: XOR of all bytes."""
+    try:
+        return _lrc(data, len(data))
+    except (TypeError, OverflowError):
+        view = _view(data)
+        return _py.lrc(data) if view is None else _lrc(view, len(view))
+
+
+def crc16(data: bytes) -> int:
+    """T=1 CRC: CRC-16/CCITT bit-reflected (poly 0x8408), init 0xFFFF, no final XOR."""
+    try:
+        return _crc16(data, len(data))
+    except (TypeError, OverflowError):
+        view = _view(data)
+        return _py.crc16(data) if view is None else _crc16(view, len(view))
+
+
+def build_t1_block(nad: int, pcb: int, inf: bytes, crc: bool) -> bytes:
+    """NAD PCB LEN INF EDC, with LRC (1 byte) or CRC (2 bytes)."""
+    # The prologue is joined in Python exactly as the twin does (same errors for bad bytes);
+    # C computes the EDC. Cheaper than filling a cffi buffer and copying it out.
+    head = bytes((nad, pcb, len(inf))) + inf
+    if crc:
+        return head + _crc16(head, len(head)).to_bytes(2, "big")
+    return head + _ONE_BYTE[_lrc(head, len(head))]
+
+
+def check_t1_block(block: bytes, crc: bool) -> tuple[int, int, int, bytes]:
+    """Return (status, nad, pcb, inf); status is one of the T1_* codes."""
+    try:
+        status = _check_t1(block, len(block), crc)
+    except (TypeError, OverflowError):
+        view = _view(block)
+        if view is None:
+            return _py.check_t1_block(block, crc)
+        try:
+            status = _check_t1(view, len(view), crc)
+        except (TypeError, OverflowError):
+            return _py.check_t1_block(block, crc)
+        if status == 0:
+            return 0, block[0], block[1], bytes(block[3 : 3 + block[2]])
+    if status == 0:
+        return 0, block[0], block[1], block[3 : 3 + block[2]]
+    if status == _py.T1_SHORT:
+        return status, 0, 0, b""
+    return status, block[0], block[1], b""
+
+
+def split_extended(apdu: bytes, chunk: int) -> list[tuple[int, bytes]]:
+    """Cut a command APDU into (wLevelParameter, part) pieces of at most ``chunk`` bytes."""
+    n = len(apdu)
+    try:
+        count = _split_count(n, chunk)
+    except (TypeError, OverflowError):
+        return _py.split_extended(apdu, chunk)
+    if count == 1:
+        return [(0x0000, bytes(apdu))]
+    if count < 0 or type(apdu) is not bytes:  # chunk <= 0, or slices would not be bytes
+        return _py.split_extended(apdu, chunk)
+    if count == 2:
+        return [(0x0001, apdu[:chunk]), (0x0002, apdu[chunk:])]
+    # 0x0001, then 0x0003 for every middle piece, then 0x0002; slices are taken by map().
+    levels = b"\x01" + b"\x03" * (count - 2) + b"\x02"
+    stops = range(chunk, chunk * count + 1, chunk)
+    pieces = map(apdu.__getitem__, map(slice, range(0, n, chunk), stops))
+    return list(zip(levels, pieces))
+
+
+def join_chained(parts: list[tuple[int, bytes]]) -> tuple[int, bytes]:
+    """Join (bChainParameter, data) pieces; return (status, data). Status 0 is OK."""
+    try:
+        levels = bytes(map(_first, parts))
+    except (TypeError, ValueError, IndexError, KeyError):
+        return _py.join_chained(parts)
+    status = _join_check(levels, len(levels))
+    if status:
+        return status, b""
+    if len(levels) == 1:
+        return 0, parts[0][1]
+    return 0, b"".join(map(_second, parts))
