@@ -181,3 +181,15 @@ class DatabaseError(CCIDError):
     """``readers.yaml`` (or a user database) is malformed."""
 
     pcsc_code = None
+
+
+# --- appended by the reader-session work (issue 4) ------------------------------------
+
+
+class SlotBusyError(SlotError):
+    """The slot is busy with another command (bError 0xE0, CMD_SLOT_BUSY)."""
+
+    pcsc_code = "SCARD_E_SHARING_VIOLATION"
+
+
+__all__ += ["SlotBusyError"]

@@ -1,0 +1,375 @@
+"""Card and reader events: insertion, removal, hardware errors, hot-plug.
+
+A :class:`SlotMonitor` watches one open reader from a daemon thread. With an interrupt-IN
+endpoint it blocks in the USB read (the CPU is idle while no card moves) and decodes
+NotifySlotChange / HardwareError; without one it polls every slot with GetSlotStatus every
+``reader.poll_interval`` seconds. Either way it reports to the reader through three hooks,
+and the reader turns them into events, generation bumps and errors for stale handles:
+
+* ``reader._notify_slot(slot, present, changed)``: ``changed`` with ``present`` means
+  the card may have been swapped since the reader last knew (removed then inserted);
+* ``reader._notify_hardware_error(slot, seq, code)``;
+* ``reader._notify_removed()``: the reader was unplugged (the monitor then stops).
+
+:func:`watch` adds reader arrivals and departures. pyusb has no hot-plug API, so it
+enumerates every ``interval`` seconds; see its docstring for how it treats open readers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, TypeAlias
+
+from ccid.constants import ICCStatus
+from ccid.errors import CCIDError, ProtocolError, ReaderRemovedError, SharingViolationError
+
+__all__ = [
+    "CardInserted",
+    "CardRemoved",
+    "Event",
+    "HardwareError",
+    "HardwareErrorEvent",
+    "ReaderAdded",
+    "ReaderRemoved",
+    "SlotMonitor",
+    "watch",
+]
+
+log = logging.getLogger(__name__)
+
+#: How long one interrupt read or one wait lasts, so that stop() returns promptly.
+TICK_SECONDS = 0.25
+
+
+@dataclass(frozen=True, slots=True)
+class CardInserted:
+    """A card arrived in ``slot`` of ``reader``."""
+
+    reader: str
+    slot: int
+
+
+@dataclass(frozen=True, slots=True)
+class CardRemoved:
+    """The card left ``slot`` of ``reader``."""
+
+    reader: str
+    slot: int
+
+
+@dataclass(frozen=True, slots=True)
+class HardwareErrorEvent:
+    """RDR_to_PC_HardwareError: the reader reported ``code`` (e.g. overcurrent) for a slot."""
+
+    reader: str
+    slot: int
+    seq: int
+    code: int
+
+
+#: Short name, as in the issue's API list.
+HardwareError = HardwareErrorEvent
+
+
+@dataclass(frozen=True, slots=True)
+class ReaderRemoved:
+    """The reader was unplugged (or disappeared from enumeration)."""
+
+    reader: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReaderAdded:
+    """A reader appeared; ``info`` is its ``ccid.ReaderInfo`` when known."""
+
+    reader: str
+    info: Any = field(default=None, compare=False)
+
+
+Event: TypeAlias = (
+    CardInserted | CardRemoved | HardwareErrorEvent | ReaderRemoved | ReaderAdded
+)
+
+
+class SlotMonitor:
+    """One daemon thread feeding a reader's slot changes back to it (see module docstring)."""
+
+    def __init__(self, reader: Any, *, interrupt: bool | None = None,
+                 poll_interval: float | None = None) -> None:
+        self.reader = reader
+        self._interrupt = interrupt
+        self._poll_interval = poll_interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        #: Last exception that ended the thread (None while running or after a clean stop).
+        self.error: BaseException | None = None
+
+    # -- control ------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        thread = self._thread
+        return thread is not None and thread.is_alive()
+
+    @property
+    def uses_interrupt(self) -> bool:
+        """True when slot changes come from the interrupt endpoint, False when polled."""
+        if self._interrupt is not None:
+            return self._interrupt
+        return bool(getattr(self.reader, "has_interrupt", False))
+
+    def start(self) -> None:
+        """Start the thread (no-op if it already runs)."""
+        with self._lock:
+            if self.running:
+                return
+            self._stop.clear()
+            self.error = None
+            name = f"ccid-monitor {getattr(self.reader, 'name', '?')}"
+            self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Ask the thread to stop and wait for it (at most one tick plus one poll)."""
+        self._stop.set()
+        with self._lock:
+            thread, self._thread = self._thread, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
+    # -- the thread ---------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            if self.uses_interrupt:
+                self._run_interrupt()
+            else:
+                self._run_polling()
+        except ReaderRemovedError:
+            if not self._stop.is_set():
+                self._removed()
+        except CCIDError as exc:  # closed under our feet, or a reader gone mad
+            if not self._stop.is_set():
+                self.error = exc
+                log.warning("slot monitor of %s stopped: %s",
+                            getattr(self.reader, "name", "?"), exc)
+        except Exception as exc:  # never let a daemon thread die silently
+            self.error = exc
+            log.exception("slot monitor crashed")
+
+    def _removed(self) -> None:
+        self._stop.set()
+        self.reader._notify_removed()
+
+    def _slot_count(self) -> int:
+        slots = getattr(self.reader, "slots", 1)
+        return slots if isinstance(slots, int) else len(slots)
+
+    def _run_interrupt(self) -> None:
+        from ccid.engine import HardwareErrorNotice, SlotChange, parse_interrupt
+
+        slots = self._slot_count()
+        tick_ms = int(TICK_SECONDS * 1000)
+        while not self._stop.is_set():
+            transport = self.reader._transport
+            if transport is None:  # closed
+                return
+            # blocks in libusb for up to one tick: no CPU used while no card moves
+            data = transport.read_interrupt(0, tick_ms)
+            if self._stop.is_set():
+                return
+            if not data:
+                continue
+            try:
+                notices = parse_interrupt(bytes(data), slots)
+            except ProtocolError as exc:
+                log.warning("ignoring malformed interrupt message %s: %s",
+                            bytes(data).hex(" "), exc)
+                continue
+            for notice in notices:
+                if isinstance(notice, SlotChange):
+                    if notice.changed:
+                        self.reader._notify_slot(notice.slot, notice.present, True)
+                elif isinstance(notice, HardwareErrorNotice):
+                    self.reader._notify_hardware_error(notice.slot, notice.seq, notice.code)
+
+    def _run_polling(self) -> None:
+        slots = self._slot_count()
+        last: dict[int, int] = {}
+        while not self._stop.is_set():
+            for slot in range(slots):
+                if self._stop.is_set():
+                    return
+                status = self._poll(slot)
+                if status is None:
+                    continue
+                before = last.get(slot)
+                last[slot] = status
+                present = status != ICCStatus.ABSENT
+                # A powered card found present but unpowered was pulled out and put back
+                # (or powered off by someone): the reader decides, knowing what it did.
+                swapped = before == ICCStatus.ACTIVE and status == ICCStatus.INACTIVE
+                changed = swapped or (before is not None and
+                                      (before == ICCStatus.ABSENT) != (not present))
+                self.reader._notify_slot(slot, present, changed)
+            interval = self._poll_interval
+            if interval is None:
+                interval = float(getattr(self.reader, "poll_interval", 0.5))
+            self._stop.wait(max(0.01, interval))
+
+    def _poll(self, slot: int) -> int | None:
+        try:
+            result = self.reader._poll_slot(slot)
+        except SharingViolationError:
+            return None  # the slot is busy with a long command: look again next time
+        if isinstance(result, tuple):  # (present, active) form
+            present, active = result[0], result[1]
+            if not present:
+                return int(ICCStatus.ABSENT)
+            return int(ICCStatus.ACTIVE if active else ICCStatus.INACTIVE)
+        return None if result is None else int(result)
+
+
+# --- watch: readers coming and going, cards in them -------------------------------------
+
+
+def _reader_key(info: Any) -> str:
+    for attr in ("path", "usb_path"):
+        value = getattr(info, attr, None)
+        if value:
+            interface = getattr(info, "interface", "")
+            return f"{value}:{interface}"
+    return str(getattr(info, "name", info))
+
+
+class _Forwarder:
+    """Copies one open reader's card events into the watch queue, tagged with its key."""
+
+    def __init__(self, key: str, reader: Any, out: queue.Queue[tuple[str, Event]]) -> None:
+        self.key = key
+        self.reader = reader
+        self.out = out
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True,
+                                       name=f"ccid-watch {getattr(reader, 'name', '?')}")
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                event = self.reader.wait_for_event(TICK_SECONDS)
+            except CCIDError:
+                return
+            if event is not None and not self.stop.is_set():
+                self.out.put((self.key, event))
+                if isinstance(event, ReaderRemoved):
+                    return
+
+    def close(self) -> None:
+        self.stop.set()
+        if self.thread is not threading.current_thread():
+            self.thread.join(2 * TICK_SECONDS + 1.0)
+        with contextlib.suppress(CCIDError):
+            self.reader.close()
+
+
+def watch(backend: Any = None, interval: float = 0.5, timeout: float | None = None, *,
+          cards: bool = True, **open_options: Any) -> Iterator[Event]:
+    """Yield reader arrivals and departures, and card events of every reader seen.
+
+    Readers present when the watch starts are reported as :class:`ReaderAdded` first.
+    Enumeration happens every ``interval`` seconds (pyusb has no hot-plug notification);
+    an unplug seen by an open reader's monitor is reported at once.
+
+    With ``cards=True`` each reader is opened (with ``open_options``) to follow its slots:
+    cards already present are reported as :class:`CardInserted` after the reader, then
+    every change. The readers are closed when the iteration ends. A reader that cannot be
+    opened (claimed by another process, or already open in this one: ``watch`` never
+    steals a reader from its user) is still reported, only without card events.
+    ``cards=False`` never opens anything.
+
+    Iteration ends after ``timeout`` seconds (None: never); close the generator (or break
+    out of the loop) to stop early and release the readers.
+    """
+    from ccid.reader import list_readers, open_reader
+
+    deadline = None if timeout is None else time.monotonic() + timeout
+    events: queue.Queue[tuple[str, Event]] = queue.Queue()
+    known: dict[str, Any] = {}
+    forwarders: dict[str, _Forwarder] = {}
+
+    def gone(key: str, name: str) -> None:
+        del known[key]
+        fwd = forwarders.pop(key, None)
+        if fwd is not None:
+            fwd.close()
+        events.put((key, ReaderRemoved(name)))
+
+    def enumerate_once() -> None:
+        try:
+            infos = list_readers(backend=backend)
+        except CCIDError as exc:
+            log.warning("reader enumeration failed: %s", exc)
+            return
+        current = {_reader_key(i): i for i in infos}
+        for key, info in list(known.items()):
+            if key not in current:
+                gone(key, str(getattr(info, "name", key)))
+        for key, info in current.items():
+            if key in known:
+                continue
+            known[key] = info
+            name = str(getattr(info, "name", key))
+            events.put((key, ReaderAdded(name, info)))
+            if cards:
+                follow(key, info, name)
+
+    def follow(key: str, info: Any, name: str) -> None:
+        try:
+            reader = open_reader(info, backend=backend, **open_options)
+        except CCIDError as exc:
+            log.info("watching %s without card events: %s", name, exc)
+            return
+        initial: Callable[[], Any] | None = getattr(reader, "slot_states", None)
+        if callable(initial):
+            with contextlib.suppress(CCIDError):
+                for slot, present in enumerate(initial()):
+                    if present:
+                        events.put((key, CardInserted(reader.name, slot)))
+        forwarders[key] = _Forwarder(key, reader, events)
+
+    try:
+        enumerate_once()
+        next_scan = time.monotonic() + interval
+        while True:
+            now = time.monotonic()
+            if deadline is not None and now >= deadline and events.empty():
+                return
+            wait = next_scan - now
+            if deadline is not None:
+                wait = min(wait, deadline - now)
+            try:
+                key, event = events.get(timeout=max(0.0, wait))
+            except queue.Empty:
+                pass
+            else:
+                if isinstance(event, ReaderRemoved) and key in forwarders:
+                    # seen by the reader's own monitor: report it once, now
+                    gone(key, event.reader)
+                    continue
+                if key in known or isinstance(event, ReaderRemoved):
+                    yield event
+                continue
+            if time.monotonic() >= next_scan:
+                enumerate_once()
+                next_scan = time.monotonic() + interval
+    finally:
+        for fwd in forwarders.values():
+            fwd.close()

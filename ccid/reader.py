@@ -1,0 +1,1676 @@
+"""Reader sessions: list and open readers, power cards, negotiate, exchange APDUs.
+
+The public face of the library::
+
+    import ccid
+    with ccid.open_reader() as reader, reader.connect() as card:
+        print(card.atr, card.protocol)
+        card.transmit(bytes.fromhex("00A4040000"))
+
+Thread safety: every slot has its own re-entrant lock (an APDU, a ``with
+card.transaction()`` block, a power cycle hold it); replies are routed to their commands
+by bSeq, so several slots of a reader that allows it (bMaxCCIDBusySlots) run at once and
+threads never see each other's answers. Each slot has a card generation counter bumped on
+removal, insertion, reset and power-off; a ``Card`` handle of an older generation raises
+``CardResetError`` / ``CardRemovedError`` before anything is sent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import re
+import threading
+import time
+import warnings
+import weakref
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ccid.constants import (
+    HEADER_SIZE,
+    ChainParameter,
+    ClassRequest,
+    ExchangeLevel,
+    Features,
+    ICCStatus,
+    LevelParameter,
+    MechanicalFunction,
+    PowerSelect,
+    SlotErrorCode,
+    Voltage,
+)
+from ccid.descriptor import CCIDDescriptor, parse_clock_frequencies, parse_data_rates
+from ccid.engine import (
+    ChainedResponse,
+    Discarded,
+    Engine,
+    FrameAssembler,
+    Pending,
+    Reply,
+)
+from ccid.errors import (
+    CardError,
+    CardMuteError,
+    CardRemovedError,
+    CardResetError,
+    CCIDError,
+    DatabaseError,
+    NoCardError,
+    ProtocolError,
+    ReaderError,
+    ReaderRemovedError,
+    ReaderTimeoutError,
+    SharingViolationError,
+    SlotError,
+    TransportError,
+    UnsupportedReaderError,
+    UsageError,
+)
+from ccid.framing import split_extended
+from ccid.protocol.atr import ATR, parse_atr
+from ccid.protocol.params import (
+    DEFAULT_FI_DI,
+    PPSError,
+    build_pps_request,
+    check_pps_response,
+    choose_fi_di,
+    parameters_from_atr,
+    t0_wwt_seconds,
+    t1_bwt_seconds,
+)
+from ccid.transport.usb import UsbInterface, UsbTransport, find_interfaces
+
+__all__ = [
+    "Card",
+    "Reader",
+    "ReaderInfo",
+    "SlotInfo",
+    "list_readers",
+    "open_reader",
+]
+
+log = logging.getLogger(__name__)
+
+try:  # wire trace: optional until its module lands
+    from ccid import trace as _trace_mod
+
+    _trace: Any = _trace_mod
+except ImportError:  # pragma: no cover
+    _trace = None
+
+Mode = Literal["shared", "exclusive", "direct"]
+Disposition = Literal["leave", "reset", "unpower", "eject"]
+
+#: Default overall ceiling of one call (transmit, connect, escape), seconds.
+DEFAULT_CEILING = 60.0
+#: Shortest host-side wait for one CCID reply: readers add their own latency.
+MIN_WAIT = 3.0
+#: Wait for replies to commands that do not involve the card (status, parameters).
+READER_WAIT = 5.0
+#: Longest pause inside one frame before it counts as truncated.
+CONTINUATION_WAIT = 0.5
+#: Time given to the abort procedure after a timeout.
+ABORT_WAIT = 1.0
+#: Short timeout for quirk escapes at open: a reader that never answers them must not hang us.
+QUIRK_ESCAPE_TIMEOUT = 1.0
+
+_NO_SPAN = contextlib.nullcontext()
+_VIDPID = re.compile(r"^([0-9A-Fa-f]{4}):([0-9A-Fa-f]{4})$")
+
+
+# --- fork safety -----------------------------------------------------------------------
+
+_open_readers: weakref.WeakSet[Reader] = weakref.WeakSet()
+_registry: dict[str, weakref.ref[Reader]] = {}
+_registry_lock = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    # The child shares the parent's USB file descriptors: never touch them from here.
+    for reader in list(_open_readers):
+        reader._mark_inherited()
+    _registry.clear()
+
+
+#: With the at-fork hook every inherited reader is marked at once; without it (no
+#: fork() on this platform) comparing process ids is the fallback.
+_AT_FORK = hasattr(os, "register_at_fork")
+if _AT_FORK:
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+# --- public data -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ReaderInfo:
+    """A CCID interface found on the bus (what ``list_readers`` returns)."""
+
+    name: str
+    vid: int
+    pid: int
+    bcd_device: int
+    serial: str | None
+    usb_path: str
+    interface: int
+    slots: int
+    manufacturer: str | None
+    product: str | None
+    exchange_level: ExchangeLevel
+    has_interrupt: bool
+    slot_names: tuple[str, ...]
+    _interface: UsbInterface = field(compare=False, repr=False)
+
+    @property
+    def path(self) -> str:
+        """Alias of ``usb_path``."""
+        return self.usb_path
+
+    @property
+    def vid_pid(self) -> str:
+        """``VVVV:PPPP`` in upper-case hex."""
+        return f"{self.vid:04X}:{self.pid:04X}"
+
+    @property
+    def descriptor(self) -> CCIDDescriptor:
+        """The CCID class descriptor as the reader declares it (before quirks)."""
+        return self._interface.descriptor
+
+
+@dataclass(frozen=True, slots=True)
+class SlotInfo:
+    """What the reader knows about one slot (no I/O; see ``Reader.slot_status``)."""
+
+    index: int
+    name: str
+    card_present: bool | None
+    powered: bool
+    atr: bytes | None
+    protocol: str | None
+    generation: int
+
+
+def _infos(backend: Any) -> list[ReaderInfo]:
+    out: list[ReaderInfo] = []
+    for index, intf in enumerate(find_interfaces(backend)):
+        base = intf.base_name
+        count = intf.descriptor.slot_count
+        names = tuple(f"{base} {index:02d} {s:02d}" for s in range(count))
+        out.append(ReaderInfo(
+            name=names[0], vid=intf.vid, pid=intf.pid, bcd_device=intf.bcd_device,
+            serial=intf.serial, usb_path=intf.usb_path, interface=intf.interface,
+            slots=count, manufacturer=intf.manufacturer, product=intf.product,
+            exchange_level=intf.descriptor.exchange_level,
+            has_interrupt=intf.interrupt_in is not None, slot_names=names, _interface=intf,
+        ))
+    return out
+
+
+def list_readers(backend: Any = None) -> list[ReaderInfo]:
+    """Every CCID reader interface on the bus (no interface is claimed)."""
+    return _infos(backend)
+
+
+def _select(infos: list[ReaderInfo], selector: Any) -> ReaderInfo:
+    if isinstance(selector, ReaderInfo):
+        for info in infos:
+            if info.usb_path == selector.usb_path and info.interface == selector.interface:
+                return info
+        raise TransportError(f"reader {selector.name!r} is no longer connected",
+                             pcsc_code="SCARD_E_UNKNOWN_READER")
+    if not infos:
+        raise TransportError(
+            "no CCID reader found (plug one in, check permissions with `ccid list`, "
+            "or try a virtual reader from ccid.testing)",
+            pcsc_code="SCARD_E_NO_READERS_AVAILABLE",
+        )
+    if selector is None:
+        return infos[0]
+    if isinstance(selector, bool) or not isinstance(selector, int | str):
+        raise UsageError(f"reader selector must be an index, a string or a ReaderInfo, "
+                         f"not {type(selector).__name__}")
+    if isinstance(selector, int):
+        if 0 <= selector < len(infos):
+            return infos[selector]
+        raise TransportError(f"no reader with index {selector} ({len(infos)} connected)",
+                             pcsc_code="SCARD_E_UNKNOWN_READER")
+    match = _VIDPID.match(selector)
+    if match:
+        vid, pid = int(match.group(1), 16), int(match.group(2), 16)
+        for info in infos:
+            if info.vid == vid and info.pid == pid:
+                return info
+    for info in infos:
+        if selector in (info.serial, info.usb_path, info.name, *info.slot_names):
+            return info
+    lowered = selector.lower()
+    for info in infos:
+        if lowered in info.name.lower():
+            return info
+    names = "; ".join(i.name for i in infos)
+    raise TransportError(f"no reader matches {selector!r} (connected: {names})",
+                         pcsc_code="SCARD_E_UNKNOWN_READER")
+
+
+def open_reader(selector: Any = None, backend: Any = None, **options: Any) -> Reader:
+    """Open a reader by index, name substring, ``"VID:PID"``, serial, USB path or ReaderInfo.
+
+    Options: ``timeout`` (overall ceiling of one call, seconds, default 60),
+    ``poll_interval`` (card polling period without interrupt endpoint, default 0.5 s),
+    ``events`` (start the slot monitor, default True), ``allow_bad_firmware``,
+    ``check_tck`` (refuse ATRs with a bad TCK, default True), ``auto_get_response``
+    (T=0: answer 61xx/6Cxx automatically, default True), ``ifsd`` (T=1, default the
+    reader's maximum up to 254), ``quirks`` (apply the database's quirks, default True).
+    """
+    info = _select(_infos(backend), selector)
+    return Reader._open(info, options)
+
+
+# --- quirks (the database lands with its own issue) --------------------------------------
+
+
+def _quirks_for(vid: int, pid: int, bcd_device: int, interface: int,
+                atr: bytes | None = None) -> list[Any]:
+    try:
+        from ccid import database
+    except ImportError:
+        return []
+    finder: Callable[..., Any] | None = getattr(database, "quirks_for", None)
+    if finder is None:
+        return []
+    try:
+        return list(finder(vid, pid, bcd_device=bcd_device, interface=interface, atr=atr))
+    except DatabaseError as exc:
+        # A broken database must not make every reader unusable: open without quirks.
+        log.warning("reader database unavailable, no quirks applied: %s", exc)
+        return []
+
+
+class _QuirkContext:
+    """What quirks may use of a reader being opened (``ccid.quirks.QuirkContext``)."""
+
+    def __init__(self, reader: Reader) -> None:
+        self._reader = reader
+        self.reader_name = reader.name
+        self.vid = reader.info.vid
+        self.pid = reader.info.pid
+        self.bcd_device = reader.info.bcd_device
+        self.interface = reader.info.interface
+        self.state: dict[str, object] = reader.quirk_state
+        self.warnings: list[str] = reader.warnings
+        #: An escape went unanswered: the reader may be wedged, ask nothing more.
+        self.unanswered = False
+
+    def escape(self, data: bytes, timeout: float) -> bytes:
+        if self.unanswered:
+            raise ReaderTimeoutError("the reader stopped answering escapes",
+                                     reader=self.reader_name)
+        try:
+            return self._reader.escape(data, 0, timeout=min(timeout, QUIRK_ESCAPE_TIMEOUT))
+        except ReaderTimeoutError:
+            self.unanswered = True
+            raise
+
+    def warn(self, message: str) -> None:
+        self._reader._warn(message)
+
+
+# --- slots -----------------------------------------------------------------------------
+
+
+class _Slot:
+    """Per-slot state. ``lock`` serialises card I/O; ``state_lock`` guards the fields."""
+
+    __slots__ = (
+        "atr", "exclusive", "fi_di", "generation", "handles", "index", "lock", "name",
+        "powered", "presence", "present", "protocol", "state_lock", "t1", "wait",
+    )
+
+    def __init__(self, index: int, name: str) -> None:
+        self.index = index
+        self.name = name
+        self.lock = threading.RLock()
+        self.state_lock = threading.Lock()
+        self.generation = 0
+        self.presence = 0  # bumped on insertion and removal only
+        self.present: bool | None = None
+        self.powered = False
+        self.atr: ATR | None = None
+        self.protocol: int | None = None
+        self.fi_di: int | None = None
+        self.t1: Any = None
+        self.wait = MIN_WAIT
+        self.handles: weakref.WeakSet[Card] = weakref.WeakSet()
+        self.exclusive: Card | None = None
+
+    def forget_card(self) -> None:
+        self.powered = False
+        self.atr = None
+        self.protocol = None
+        self.fi_di = None
+        self.t1 = None
+        self.wait = MIN_WAIT
+
+
+# --- the reader ------------------------------------------------------------------------
+
+
+class Reader:
+    """An open CCID reader interface. Use :func:`open_reader`; close it (or use ``with``)."""
+
+    def __init__(self, info: ReaderInfo, options: dict[str, Any]) -> None:
+        self.info = info
+        self.name = info.name
+        unknown = set(options) - _OPTIONS
+        if unknown:
+            raise UsageError(f"unknown open_reader option(s): {', '.join(sorted(unknown))}; "
+                             f"known: {', '.join(sorted(_OPTIONS))}")
+        self.timeout = float(options.get("timeout", DEFAULT_CEILING))
+        if self.timeout <= 0:
+            raise UsageError(f"timeout must be positive, got {self.timeout}")
+        self.poll_interval = float(options.get("poll_interval", 0.5))
+        self.check_tck = bool(options.get("check_tck", True))
+        self.auto_get_response = bool(options.get("auto_get_response", True))
+        self._ifsd_option: int | None = options.get("ifsd")
+        self._allow_bad_firmware = bool(options.get("allow_bad_firmware", False))
+        self._use_quirks = bool(options.get("quirks", True))
+        self._want_events = bool(options.get("events", True))
+        self.descriptor: CCIDDescriptor = info.descriptor
+        self.data_rates: tuple[int, ...] = ()
+        self.clock_frequencies: tuple[int, ...] = ()
+        self.quirks: list[Any] = []
+        self.quirk_state: dict[str, object] = {}
+        self.warnings: list[str] = []
+        self._pid = os.getpid()
+        self._closed = False
+        self._inherited = False
+        self._removed = False
+        self._transport: UsbTransport | None = None
+        self._monitor: Any = None
+        self._registry_key: str | None = None
+        self._event_queue: queue.Queue[Any] = queue.Queue()
+        self._slots = [_Slot(i, n) for i, n in enumerate(info.slot_names)]
+        self._engine = Engine(max_message_length=0, reader_name=self.name,
+                              slot_count=len(self._slots))
+        # Reply routing: one thread reads bulk-IN at a time and files other threads'
+        # replies by bSeq; at most bMaxCCIDBusySlots commands are outstanding.
+        self._rx = threading.Condition(threading.Lock())
+        self._rx_busy = False
+        self._mailbox: dict[int, bytes] = {}
+        self._outstanding: set[int] = set()
+        self._write_lock = threading.Lock()
+        # One outstanding command at a time (the common case): a plain lock, no routing.
+        self._serial = True
+        self._busy: Any = threading.Lock()
+        self._assembler = FrameAssembler()
+        self._open_wait = READER_WAIT
+
+    # --- opening ----------------------------------------------------------------------
+
+    @classmethod
+    def _open(cls, info: ReaderInfo, options: dict[str, Any]) -> Reader:
+        reader = cls(info, options)
+        try:
+            reader._do_open()
+        except BaseException:
+            reader.close()
+            raise
+        return reader
+
+    def _do_open(self) -> None:
+        key = f"{self.info.usb_path}"
+        with _registry_lock:
+            held = _registry.get(key)
+            if held is not None and held() is not None and not held()._closed:  # type: ignore[union-attr]
+                raise SharingViolationError(
+                    "the reader is already open in this process; close it first or share "
+                    "the Reader object", reader=self.name)
+            _registry[key] = weakref.ref(self)
+            self._registry_key = key
+        _open_readers.add(self)
+        if self._use_quirks:
+            self.quirks = _quirks_for(self.info.vid, self.info.pid, self.info.bcd_device,
+                                      self.info.interface)
+        self._check_firmware()
+        desc = self.descriptor
+        for quirk in self._hooks("adjust_descriptor"):
+            desc = quirk.adjust_descriptor(desc)
+        self.descriptor = desc
+        self._engine.max_message_length = desc.dwMaxCCIDMessageLength or 0
+        self._assembler = FrameAssembler(self._engine.max_message_length)
+        busy = max(1, min(desc.bMaxCCIDBusySlots or 1, len(self._slots)))
+        self._serial = busy == 1
+        self._busy = threading.Lock() if busy == 1 else threading.BoundedSemaphore(busy)
+        wait = READER_WAIT
+        for quirk in self._hooks("open_timeout"):
+            wait = float(quirk.open_timeout(wait))
+        self._open_wait = wait
+        if _trace is not None and _trace.enabled:
+            _trace.describe(self.name, {
+                "vid": self.info.vid, "pid": self.info.pid, "bcdDevice": self.info.bcd_device,
+                "interface": self.info.interface,
+                "ccid_descriptor": self.info._interface.raw_descriptor.hex(),
+                "interrupt": self.info.has_interrupt,
+                "manufacturer": self.info.manufacturer, "product": self.info.product,
+                "serial": self.info.serial,
+            })
+        transport = UsbTransport(self.info._interface, self.name)
+        self._transport = transport
+        transport.open()
+        transport.read_size = max(transport.read_size,
+                                  (self._engine.max_message_length or 0) + HEADER_SIZE)
+        self._read_rates()
+        self._drain_interrupt()
+        self._resync(min(wait, self.timeout))
+        self._after_open_quirks()
+        self._open_wait = READER_WAIT
+        if self._want_events:
+            self._start_monitor()
+        log.debug("%s: open at %s, %s level, %d slot(s), rates %d, quirks %s", self.name,
+                  self.info.usb_path, desc.exchange_level.name, len(self._slots),
+                  len(self.data_rates), [q.id for q in self.quirks] or "none")
+
+    def _check_firmware(self) -> None:
+        for quirk in self._hooks("check_firmware"):
+            try:
+                reason = quirk.check_firmware(self.info.bcd_device)
+            except UnsupportedReaderError as exc:
+                reason = exc.message
+            if not reason:
+                continue
+            if self._allow_bad_firmware:
+                self._warn(f"{reason} (opened anyway: allow_bad_firmware=True)")
+                continue
+            raise UnsupportedReaderError(
+                f"{reason}; pass allow_bad_firmware=True to open it anyway",
+                reader=self.name)
+
+    def _read_rates(self) -> None:
+        desc = self.descriptor
+        transport = self._live_transport()
+        if desc.bNumDataRatesSupported > 0:
+            try:
+                payload = transport.class_request_in(
+                    ClassRequest.GET_DATA_RATES, 4 * desc.bNumDataRatesSupported,
+                    self._open_wait)
+                self.data_rates = parse_data_rates(payload, desc.bNumDataRatesSupported)
+            except (ReaderError, TransportError) as exc:
+                if isinstance(exc, ReaderRemovedError | SharingViolationError):
+                    raise
+                log.info("%s: GET_DATA_RATES failed (%s); using dwMaxDataRate", self.name, exc)
+        if desc.bNumClockSupported > 0:
+            try:
+                payload = transport.class_request_in(
+                    ClassRequest.GET_CLOCK_FREQUENCIES, 4 * desc.bNumClockSupported,
+                    self._open_wait)
+                self.clock_frequencies = parse_clock_frequencies(payload,
+                                                                 desc.bNumClockSupported)
+            except (ReaderError, TransportError) as exc:
+                if isinstance(exc, ReaderRemovedError | SharingViolationError):
+                    raise
+                log.info("%s: GET_CLOCK_FREQUENCIES failed (%s)", self.name, exc)
+        for quirk in self._hooks("adjust_data_rates"):
+            self.data_rates = tuple(quirk.adjust_data_rates(self.data_rates))
+
+    def report(self) -> Any:
+        """What ``ccid parse`` prints: the descriptor as declared (before quirks) and the
+        GET_DATA_RATES / GET_CLOCK_FREQUENCIES answers, asked for even when the descriptor
+        declares 0 entries (as libccid's parse tool does), with any request error."""
+        from ccid.report import InterfaceReport
+
+        self._check_usable()
+        intf = self.info._interface
+        transport = self._live_transport()
+        desc = intf.descriptor
+
+        def ask(request: ClassRequest, declared: int) -> tuple[tuple[int, ...] | None, str | None]:
+            parse = parse_data_rates if request == ClassRequest.GET_DATA_RATES else (
+                parse_clock_frequencies)
+            try:
+                payload = transport.class_request_in(request, 4 * (declared or 256),
+                                                     self._open_wait)
+            except (ReaderError, TransportError) as exc:
+                if isinstance(exc, ReaderRemovedError):
+                    raise
+                return None, str(exc)
+            return parse(payload, declared), None
+
+        rates, rates_error = ask(ClassRequest.GET_DATA_RATES, desc.bNumDataRatesSupported)
+        clocks, clock_error = ask(ClassRequest.GET_CLOCK_FREQUENCIES, desc.bNumClockSupported)
+        return InterfaceReport(
+            vid=intf.vid, pid=intf.pid, descriptor=desc, raw=intf.raw_descriptor,
+            manufacturer=intf.manufacturer, product=intf.product, serial=intf.serial,
+            interface_string=intf.interface_name, bcd_device=intf.bcd_device,
+            interface_number=intf.interface, interface_class=intf.interface_class,
+            num_endpoints=2 + (intf.interrupt_in is not None),
+            data_rates=rates, clock_frequencies=clocks,
+            data_rates_error=rates_error, clock_error=clock_error,
+            notes=list(self.warnings),
+        )
+
+    def _drain_interrupt(self) -> None:
+        transport = self._live_transport()
+        if not transport.has_interrupt:
+            return
+        for _ in range(8):  # a stuck endpoint must not keep us here
+            if transport.read_interrupt(0, 5) is None:
+                return
+
+    def _resync(self, wait: float) -> None:
+        """Forget any stale replies and learn each slot's state."""
+        self._assembler.reset()
+        for slot in self._slots:
+            reply = self._command(self._engine.get_slot_status(slot.index), wait=wait,
+                                  ceiling=min(self.timeout, wait * 2), check=False)
+            self._apply_status(slot, reply.icc_status)
+
+    def _apply_status(self, slot: _Slot, status: ICCStatus) -> None:
+        with slot.state_lock:
+            present = status != ICCStatus.ABSENT
+            if slot.present is None:
+                slot.present = present
+                slot.powered = False  # a card left active by someone else: we reset it
+                return
+        if present != slot.present:
+            self._notify_slot(slot.index, present, True)
+
+    def _after_open_quirks(self) -> None:
+        hooks = self._hooks("after_open")
+        if not hooks:
+            return
+        ctx = _QuirkContext(self)
+        for quirk in hooks:
+            try:
+                quirk.after_open(ctx)
+            except (ReaderRemovedError, SharingViolationError):
+                raise
+            except CCIDError as exc:
+                self._warn(f"{quirk!r} could not complete after open: {exc}")
+        if ctx.unanswered:
+            self._revive()
+
+    def _revive(self) -> None:
+        """After an unanswered escape: check the reader still answers, else reset it.
+
+        The Gemalto CT700 hangs after an escape it does not know (every later bulk-OUT
+        write times out) until a USB reset: do that here so the open leaves a working
+        reader and no half-done command behind.
+        """
+        try:
+            self._resync(QUIRK_ESCAPE_TIMEOUT / 2)
+            return
+        except (ReaderTimeoutError, ProtocolError, SlotError):
+            pass
+        self._warn("the reader stopped answering after an unanswered escape; resetting it")
+        self._live_transport().reset_device()
+        for slot in self._slots:
+            with slot.state_lock:
+                slot.present = None
+                slot.forget_card()
+        self._resync(self._open_wait)
+
+    def _start_monitor(self) -> None:
+        try:
+            from ccid.events import SlotMonitor
+        except ImportError:  # pragma: no cover - events land with their own issue
+            return
+        self._monitor = SlotMonitor(self)
+        self._monitor.start()
+
+    def _hooks(self, name: str, extra: list[Any] | None = None) -> list[Any]:
+        quirks = self.quirks if not extra else [*self.quirks, *extra]
+        return [q for q in quirks if hasattr(q, name)]
+
+    def _card_quirks(self, atr: bytes) -> list[Any]:
+        if not self._use_quirks:
+            return []
+        return _quirks_for(self.info.vid, self.info.pid, self.info.bcd_device,
+                           self.info.interface, atr=bytes(atr))
+
+    def _warn(self, message: str) -> None:
+        self.warnings.append(message)
+        text = message if message.startswith(self.name) else f"{self.name}: {message}"
+        log.warning("%s", text)
+        warnings.warn(text, RuntimeWarning, stacklevel=3)
+
+    # --- life cycle -------------------------------------------------------------------
+
+    def __enter__(self) -> Reader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<Reader {self.name!r} {state}>"
+
+    def __del__(self) -> None:
+        # Best effort only: a fork child never touches the parent's handle.
+        try:
+            if not self._closed and not self._inherited and self._pid == os.getpid():
+                self.close()
+        except Exception:
+            pass
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        """Stop the monitor, release the interface and every resource. Safe to repeat."""
+        if self._inherited or self._pid != os.getpid():
+            self._closed = True
+            return
+        self._closed = True
+        monitor, self._monitor = self._monitor, None
+        if monitor is not None:
+            with contextlib.suppress(Exception):
+                monitor.stop()
+        transport, self._transport = self._transport, None
+        if transport is not None:
+            transport.close()
+        with _registry_lock:
+            if self._registry_key is not None:
+                ref = _registry.get(self._registry_key)
+                if ref is not None and ref() in (self, None):
+                    del _registry[self._registry_key]
+                self._registry_key = None
+        _open_readers.discard(self)
+        with self._rx:
+            self._rx.notify_all()
+
+    def _mark_inherited(self) -> None:
+        self._inherited = True
+        if self._transport is not None:
+            self._transport.mark_inherited()
+        monitor = self._monitor
+        self._monitor = None
+        if monitor is not None:
+            # The monitor thread does not exist in the child; drop it without joining.
+            with contextlib.suppress(Exception):
+                monitor._stop.set()
+
+    def _foreign(self) -> bool:
+        """True in a fork child (this handle belongs to the parent process)."""
+        return self._inherited or (not _AT_FORK and self._pid != os.getpid())
+
+    def _check_usable(self) -> None:
+        if self._foreign():
+            raise UsageError(
+                f"this reader was opened in process {self._pid} before fork(); open the "
+                "reader again in the child (after the parent has closed it)",
+                reader=self.name)
+        if self._closed:
+            raise UsageError("the reader is closed", reader=self.name)
+        if self._removed:
+            raise ReaderRemovedError("the reader was unplugged", reader=self.name)
+
+    def _live_transport(self) -> UsbTransport:
+        self._check_usable()
+        transport = self._transport
+        if transport is None:
+            raise UsageError("the reader is closed", reader=self.name)
+        return transport
+
+    # --- public properties ------------------------------------------------------------
+
+    @property
+    def has_interrupt(self) -> bool:
+        """Card events come from the interrupt endpoint (else they are polled)."""
+        return self.info.has_interrupt
+
+    @property
+    def slots(self) -> tuple[SlotInfo, ...]:
+        """What is known of each slot (no I/O)."""
+        out = []
+        for s in self._slots:
+            with s.state_lock:
+                out.append(SlotInfo(
+                    s.index, s.name, s.present, s.powered,
+                    None if s.atr is None else bytes(s.atr),
+                    None if s.protocol is None else f"T={s.protocol}", s.generation))
+        return tuple(out)
+
+    @property
+    def exchange_level(self) -> ExchangeLevel:
+        return self.descriptor.exchange_level
+
+    def slot_states(self) -> list[bool]:
+        """Card present in each slot, as last known."""
+        return [bool(s.present) for s in self._slots]
+
+    def slot_status(self, slot: int = 0) -> ICCStatus:
+        """Ask the reader (GetSlotStatus) whether a card is there and powered."""
+        s = self._slot(slot)
+        with s.lock:
+            reply = self._command(self._engine.get_slot_status(slot), wait=READER_WAIT,
+                                  ceiling=self.timeout, check=False)
+        self._apply_status(s, reply.icc_status)
+        return reply.icc_status
+
+    def _slot(self, slot: int) -> _Slot:
+        self._check_usable()
+        if not isinstance(slot, int) or not 0 <= slot < len(self._slots):
+            raise UsageError(f"slot {slot!r} does not exist (the reader has "
+                             f"{len(self._slots)})", reader=self.name)
+        return self._slots[slot]
+
+    # --- events (the monitor calls these) ---------------------------------------------
+
+    def _notify_slot(self, slot: int, present: bool, changed: bool) -> None:
+        """The monitor saw slot ``slot``: update state, bump generations, queue events."""
+        from ccid import events as ev
+
+        if not 0 <= slot < len(self._slots):
+            return
+        s = self._slots[slot]
+        queued: list[Any] = []
+        with s.state_lock:
+            was = s.present
+            removed = inserted = False
+            if was is None:
+                inserted = present
+            elif was and not present:
+                removed = True
+            elif not was and present:
+                inserted = True
+            elif was and present and changed and (self.has_interrupt or s.powered):
+                # Interrupt: the card was swapped. Polling: a powered card went inactive
+                # without us powering it off.
+                removed = inserted = True
+            if removed:
+                s.presence += 1
+                s.generation += 1
+                s.forget_card()
+                queued.append(ev.CardRemoved(self.name, slot))
+            if inserted:
+                s.presence += 1
+                s.generation += 1
+                s.forget_card()
+                queued.append(ev.CardInserted(self.name, slot))
+            s.present = present
+        for item in queued:
+            self._event_queue.put(item)
+
+    def _notify_hardware_error(self, slot: int, seq: int, code: int) -> None:
+        from ccid import events as ev
+
+        self._event_queue.put(ev.HardwareErrorEvent(self.name, slot, seq, code))
+
+    def _notify_removed(self) -> None:
+        from ccid import events as ev
+
+        if self._removed:
+            return
+        self._removed = True
+        for s in self._slots:
+            with s.state_lock:
+                s.generation += 1
+                s.presence += 1
+                s.forget_card()
+        self._event_queue.put(ev.ReaderRemoved(self.name))
+
+    def _poll_slot(self, slot: int) -> ICCStatus:
+        """A GetSlotStatus that does not wait behind a long command (monitor polling)."""
+        s = self._slot(slot)
+        if not s.lock.acquire(timeout=0.05):
+            raise SharingViolationError("slot busy", reader=self.name, slot=slot)
+        try:
+            reply = self._command(self._engine.get_slot_status(slot), wait=READER_WAIT,
+                                  ceiling=READER_WAIT * 2, check=False)
+        finally:
+            s.lock.release()
+        return reply.icc_status
+
+    def wait_for_event(self, timeout: float | None = None) -> Any:
+        """The next card event (CardInserted, CardRemoved, ...), or None after ``timeout``."""
+        if self._inherited or self._pid != os.getpid():
+            self._check_usable()
+        try:
+            return self._event_queue.get(timeout=timeout)
+        except queue.Empty:
+            if self._closed and not self._removed:
+                self._check_usable()
+            return None
+
+    def events(self, timeout: float | None = None) -> Iterator[Any]:
+        """Yield events as they come; stops after ``timeout`` seconds without one."""
+        while True:
+            event = self.wait_for_event(timeout)
+            if event is None:
+                return
+            yield event
+            if type(event).__name__ == "ReaderRemoved":
+                return
+
+    # --- the wire: one command, its reply -----------------------------------------------
+
+    def _command(self, pending: Pending, *, wait: float, ceiling: float,
+                 check: bool = True) -> Reply:
+        """Send ``pending`` and return its reply.
+
+        ``wait`` bounds each wait for a frame (times a time-extension multiplier);
+        ``ceiling`` bounds the whole call, time extensions included. On timeout the
+        command is aborted (class ABORT + PC_to_RDR_Abort) and ReaderTimeoutError raised.
+        """
+        transport = self._transport
+        if transport is None or self._closed or self._removed or self._inherited:
+            transport = self._live_transport()
+        if not _AT_FORK and self._pid != os.getpid():
+            self._check_usable()
+        deadline = time.monotonic() + ceiling
+        busy = self._busy
+        if not busy.acquire(timeout=ceiling):
+            raise ReaderTimeoutError(
+                f"the reader stayed busy with other slots for {ceiling:.1f} s",
+                reader=self.name, slot=pending.slot)
+        try:
+            # A healthy reader takes a frame in milliseconds: a wedged one should not
+            # cost a whole card timeout.
+            write_timeout = min(ceiling, max(wait, 0.5))
+            if self._serial:
+                self._write(transport, pending.frame, write_timeout)
+                return self._await(pending, wait, deadline, check)
+            with self._rx:
+                self._outstanding.add(pending.seq)
+            try:
+                self._write(transport, pending.frame, write_timeout)
+                return self._await(pending, wait, deadline, check)
+            finally:
+                with self._rx:
+                    self._outstanding.discard(pending.seq)
+                    self._mailbox.pop(pending.seq, None)
+        except ReaderRemovedError:
+            self._lost()
+            raise
+        finally:
+            busy.release()
+
+    def _write(self, transport: UsbTransport, frame: bytes, timeout: float) -> None:
+        try:
+            if self._serial:
+                transport.write(frame, timeout)
+            else:
+                with self._write_lock:
+                    transport.write(frame, timeout)
+        except (ReaderTimeoutError, TransportError):
+            raise
+        except ReaderError:
+            # bulk-OUT stalled: the halt is cleared and the frame never arrived, so
+            # sending it again is safe (once).
+            with self._write_lock:
+                transport.write(frame, timeout)
+
+    def _await(self, pending: Pending, wait: float, deadline: float, check: bool) -> Reply:
+        ceiling = deadline - time.monotonic()
+        multiplier = 1
+        serial = self._serial
+        while True:
+            now = time.monotonic()
+            remaining = deadline - now
+            if remaining <= 0:
+                self._abort(pending)
+                raise ReaderTimeoutError(
+                    f"no answer within the call's ceiling of {ceiling:.1f} s "
+                    f"({pending.extensions} time extensions); the command was aborted",
+                    reader=self.name, slot=pending.slot)
+            this_wait = min(wait * multiplier, remaining)
+            try:
+                if serial:
+                    frame = self._read_frame(now + this_wait)
+                else:
+                    frame = self._receive(pending.seq, this_wait)
+            except ReaderTimeoutError:
+                if time.monotonic() < deadline and this_wait < remaining:
+                    self._abort(pending)
+                    raise ReaderTimeoutError(
+                        f"the reader did not answer within {this_wait:.1f} s; the command "
+                        "was aborted", reader=self.name, slot=pending.slot) from None
+                continue  # the ceiling check above aborts and raises
+            except ProtocolError:
+                self._recover()
+                raise
+            try:
+                event = self._engine.receive(frame, pending)
+            except ProtocolError:
+                self._recover()
+                raise
+            if isinstance(event, Reply):
+                if check and event.bStatus & 0xC0:
+                    raise self._engine.error_for(event, pending)
+                return event
+            if isinstance(event, Discarded):
+                continue
+            multiplier = max(1, event.multiplier)
+
+    def _receive(self, seq: int, timeout: float) -> bytes:
+        """The next frame for ``seq`` (or a stale one), routing others' replies by bSeq."""
+        end = time.monotonic() + timeout
+        if self._serial:
+            return self._read_frame(end)
+        with self._rx:
+            while True:
+                frame = self._mailbox.pop(seq, None)
+                if frame is not None:
+                    return frame
+                if not self._rx_busy:
+                    self._rx_busy = True
+                    break
+                left = end - time.monotonic()
+                if left <= 0:
+                    raise ReaderTimeoutError("no reply in time", reader=self.name)
+                self._rx.wait(left)
+        try:
+            while True:
+                frame = self._read_frame(end)
+                fseq = frame[6] if len(frame) > 6 else -1
+                if fseq == seq or fseq not in self._outstanding:
+                    return frame
+                with self._rx:
+                    self._mailbox[fseq] = frame
+                    self._rx.notify_all()
+        finally:
+            with self._rx:
+                self._rx_busy = False
+                self._rx.notify_all()
+
+    def _read_frame(self, end: float) -> bytes:
+        transport = self._live_transport()
+        assembler = self._assembler
+        stalls = 0
+        while True:
+            left = end - time.monotonic()
+            partial = assembler.pending_bytes
+            if partial:
+                # The rest of a frame follows at once on a healthy bus: do not wait a
+                # whole card timeout for bytes that will never come.
+                left = min(max(left, 0.01), CONTINUATION_WAIT)
+            elif left <= 0:
+                raise ReaderTimeoutError("no reply in time", reader=self.name)
+            try:
+                chunk = transport.read(left)
+            except ReaderTimeoutError:
+                assembler.reset()
+                if partial:
+                    raise ProtocolError(
+                        f"reply truncated: the transfer stopped after {partial} bytes",
+                        reader=self.name) from None
+                raise
+            except (ReaderRemovedError, TransportError):
+                assembler.reset()
+                raise
+            except ReaderError:
+                # A stalled bulk-IN: the transport cleared the halt; the reply may still
+                # be there, so read once more before giving up.
+                assembler.reset()
+                stalls += 1
+                if stalls > 1:
+                    raise
+                continue
+            try:
+                frame = assembler.feed(chunk)
+            except ProtocolError as exc:
+                raise ProtocolError(exc.message, reader=self.name) from None
+            if frame is not None:
+                transport.trace_in(frame)
+                return frame
+
+    def _abort(self, pending: Pending) -> None:
+        """ABORT class request, then PC_to_RDR_Abort, then wait for its answer (CCID 5.3.1)."""
+        transport = self._transport
+        if transport is None or self._closed:
+            return
+        seq = self._engine.next_seq()
+        try:
+            transport.class_request_out(ClassRequest.ABORT, (seq << 8) | pending.slot,
+                                        ABORT_WAIT)
+        except ReaderRemovedError:
+            self._lost()
+            raise
+        except CCIDError as exc:
+            log.info("%s: ABORT class request failed: %s", self.name, exc)
+        abort = self._engine.abort(pending.slot, seq=seq)
+        abort.stale = 0
+        end = time.monotonic() + ABORT_WAIT
+        try:
+            self._write(transport, abort.frame, ABORT_WAIT / 2)
+            with self._rx:
+                self._outstanding.add(abort.seq)
+            try:
+                while time.monotonic() < end:
+                    frame = self._receive(abort.seq, max(0.01, end - time.monotonic()))
+                    if len(frame) >= 7 and frame[6] == abort.seq:
+                        return
+            finally:
+                with self._rx:
+                    self._outstanding.discard(abort.seq)
+        except ReaderRemovedError:
+            self._lost()
+            raise
+        except CCIDError as exc:
+            log.info("%s: PC_to_RDR_Abort got no answer: %s", self.name, exc)
+            self._drain(0.05)
+
+    def _recover(self) -> None:
+        """After a mismatched reply: drop whatever is queued so the next command is clean."""
+        with contextlib.suppress(ReaderTimeoutError, ProtocolError):
+            self._drain(0.02)
+
+    def _drain(self, quiet: float) -> None:
+        transport = self._transport
+        if transport is None:
+            return
+        self._assembler.reset()
+        for _ in range(16):
+            try:
+                transport.read(quiet)
+            except ReaderTimeoutError:
+                break
+            except ReaderRemovedError:
+                self._lost()
+                raise
+            except CCIDError:
+                break
+        self._assembler.reset()
+
+    def _lost(self) -> None:
+        if not self._removed:
+            self._notify_removed()
+
+    # --- escape -----------------------------------------------------------------------
+
+    def escape(self, data: bytes, slot: int = 0, *, timeout: float | None = None) -> bytes:
+        """PC_to_RDR_Escape: a vendor command to the reader; returns its answer."""
+        s = self._slot(slot)
+        ceiling = self.timeout if timeout is None else float(timeout)
+        wait = min(ceiling, max(self._open_wait, READER_WAIT))
+        with s.lock:
+            reply = self._command(self._engine.escape(slot, bytes(data)), wait=wait,
+                                  ceiling=ceiling)
+        return reply.data
+
+    # --- connecting -------------------------------------------------------------------
+
+    def connect(self, slot: int = 0, protocol: Any = None, mode: Mode = "shared", *,
+                timeout: float | None = None) -> Card:
+        """A handle on the card in ``slot``; powers and negotiates on first use.
+
+        ``protocol``: None (the card's choice), 0/1, "T=0"/"T=1". ``mode``: "shared"
+        (other handles may use the card between our APDUs), "exclusive" (no other
+        handle), "direct" (no card needed; escape and control only).
+        """
+        if mode not in ("shared", "exclusive", "direct"):
+            raise UsageError(f"mode must be 'shared', 'exclusive' or 'direct', not {mode!r}")
+        wanted = _protocol_number(protocol)
+        s = self._slot(slot)
+        ceiling = self.timeout if timeout is None else float(timeout)
+        # Refuse at once, before waiting for the slot lock: an exclusive connect while
+        # another thread runs a transaction is a sharing violation, not a wait (pcsc-lite).
+        self._claim(s, mode)
+        with s.lock:
+            self._claim(s, mode)
+            card = Card(self, s, mode)
+            try:
+                if mode != "direct":
+                    if not s.powered:
+                        self._power_up(s, wanted, ceiling)
+                    elif wanted is not None and s.protocol != wanted:
+                        others = [h for h in s.handles if h is not card]
+                        if others:
+                            raise SharingViolationError(
+                                f"the card is in use with T={s.protocol} by another handle; "
+                                f"T={wanted} needs it alone", reader=self.name, slot=slot)
+                        self._power_up(s, wanted, ceiling)
+                card._adopt()
+            except BaseException:
+                card._release()
+                raise
+        if mode != "direct":
+            log.debug("%s slot %d: connected %s, ATR %s, T=%s", self.name, slot, mode,
+                      bytes(s.atr).hex(" ") if s.atr else "-", s.protocol)
+        return card
+
+    def _claim(self, s: _Slot, mode: str) -> None:
+        with s.state_lock:
+            live = list(s.handles)
+            if s.exclusive is not None and s.exclusive in live:
+                raise SharingViolationError(
+                    "the slot is held exclusively by another handle", reader=self.name,
+                    slot=s.index)
+            if mode == "exclusive" and live:
+                raise SharingViolationError(
+                    f"cannot connect exclusively: {len(live)} other handle(s) hold the slot",
+                    reader=self.name, slot=s.index)
+
+    # --- power and protocol -----------------------------------------------------------
+
+    def _power_up(self, s: _Slot, wanted: int | None, ceiling: float) -> None:
+        """Power on (cold), read the ATR, choose the protocol, PPS, SetParameters, IFSD."""
+        raw = self._power_on(s, ceiling)
+        self._setup_protocol(s, raw, wanted, ceiling)
+
+    def _voltages(self) -> list[PowerSelect]:
+        desc = self.descriptor
+        if desc.dwFeatures & Features.AUTO_VOLTAGE:
+            return [PowerSelect.AUTO]
+        supported = desc.voltages
+        order = [(Voltage.V5_0, PowerSelect.V5_0), (Voltage.V3_0, PowerSelect.V3_0),
+                 (Voltage.V1_8, PowerSelect.V1_8)]
+        chosen = [sel for bit, sel in order if supported & bit]
+        return chosen or [PowerSelect.AUTO]
+
+    def _power_on(self, s: _Slot, ceiling: float) -> bytes:
+        ctx = _QuirkContext(self) if self.quirks else None
+        last: CCIDError | None = None
+        deadline = time.monotonic() + ceiling
+        with s.state_lock:
+            s.generation += 1  # whatever happens, handles of the old power cycle are stale
+            s.forget_card()
+        retried = False
+        voltages = self._voltages()
+        i = 0
+        while i < len(voltages):
+            select = voltages[i]
+            for quirk in self._hooks("before_power_on"):
+                if ctx is not None:
+                    quirk.before_power_on(ctx)
+            left = max(0.5, deadline - time.monotonic())
+            reply = self._command(self._engine.power_on(s.index, select),
+                                  wait=min(left, max(MIN_WAIT, READER_WAIT)), ceiling=left,
+                                  check=False)
+            if reply.ok and reply.data:
+                with s.state_lock:
+                    s.present = True
+                    s.powered = True
+                return reply.data
+            if reply.ok:
+                last = CardMuteError("the card gave an empty ATR", reader=self.name,
+                                     slot=s.index)
+            else:
+                last = self._engine.error_for(reply)
+            if reply.icc_status == ICCStatus.ABSENT:
+                with s.state_lock:
+                    s.present = False
+                raise NoCardError("no card in the slot", reader=self.name, slot=s.index)
+            if not retried and ctx is not None and not reply.ok and any(
+                    q.retry_power_on(ctx, reply.bError) for q in self._hooks("retry_power_on")):
+                retried = True
+                continue  # same voltage once more, after the quirk's fix
+            if reply.bError not in _VOLTAGE_FALLBACK and reply.ok is False:
+                raise last
+            # Deactivate before trying the next class (ISO 7816-3 6.2.4).
+            with contextlib.suppress(CardError, SlotError):
+                self._command(self._engine.power_off(s.index), wait=READER_WAIT,
+                              ceiling=READER_WAIT)
+            i += 1
+        assert last is not None
+        raise last
+
+    def _setup_protocol(self, s: _Slot, raw: bytes, wanted: int | None,
+                        ceiling: float) -> None:
+        atr = parse_atr(raw, check_tck=self.check_tck)
+        desc = self.descriptor
+        reader_protocols = [p for p in (0, 1) if desc.dwProtocols & (1 << p)] or [0, 1]
+        offered = [p for p in atr.protocols if p in (0, 1)]
+        if not offered:
+            raise CardError(f"the card offers no T=0/T=1 protocol (ATR {atr})",
+                            reader=self.name, slot=s.index, pcsc_code="SCARD_E_PROTO_MISMATCH")
+        if atr.specific_mode:
+            protocol = atr.specific_protocol if atr.specific_protocol in (0, 1) else offered[0]
+            if wanted is not None and wanted != protocol:
+                raise CardError(
+                    f"the card is in specific mode T={protocol}; T={wanted} is not possible",
+                    reader=self.name, slot=s.index, pcsc_code="SCARD_E_PROTO_MISMATCH")
+        elif wanted is not None:
+            if wanted not in offered:
+                raise CardError(f"the card does not offer T={wanted} (ATR {atr})",
+                                reader=self.name, slot=s.index,
+                                pcsc_code="SCARD_E_PROTO_MISMATCH")
+            protocol = wanted
+        else:
+            usable = [p for p in offered if p in reader_protocols]
+            protocol = usable[0] if usable else offered[0]
+        if protocol not in reader_protocols:
+            raise CardError(f"the reader does not support T={protocol}", reader=self.name,
+                            slot=s.index, pcsc_code="SCARD_E_PROTO_MISMATCH")
+        clock = desc.dwDefaultClock or 4000
+        max_rate = desc.dwMaxDataRate
+        for quirk in self._hooks("max_data_rate"):
+            max_rate = int(quirk.max_data_rate(max_rate, slot=s.index))
+        fi_di: int | None = None
+        if atr.specific_mode:
+            fi_di = None  # the card already runs at its parameters
+        else:
+            best, _bps = choose_fi_di(atr, clock_khz=clock, data_rates=self.data_rates,
+                                      max_data_rate=max_rate)
+            auto_pps = desc.dwFeatures & (Features.AUTO_PPS_PROPRIETARY |
+                                          Features.AUTO_PPS_CURRENT)
+            skip = False
+            for quirk in self._hooks("skip_pps"):
+                skip = bool(quirk.skip_pps(skip))
+            tpdu = desc.exchange_level in (ExchangeLevel.TPDU, ExchangeLevel.CHARACTER)
+            needs_pps = protocol != atr.first_protocol or best != DEFAULT_FI_DI
+            if auto_pps:
+                fi_di = best  # the reader negotiates with what SetParameters says
+            elif skip or not tpdu or not needs_pps:
+                fi_di = None
+            else:
+                fi_di = self._pps(s, atr, protocol, best, ceiling)
+        params = parameters_from_atr(atr, protocol, fi_di)
+        # Card-dependent quirks (matched on the ATR) join the reader's own.
+        card_quirks = [q for q in self._card_quirks(raw) if q not in self.quirks]
+        if protocol == 1:
+            bwi = (params.to_bytes()[3] >> 4) & 0x0F
+            for quirk in self._hooks("adjust_bwi", card_quirks):
+                bwi = int(quirk.adjust_bwi(bwi, raw))
+            structure = bytearray(params.to_bytes())
+            structure[3] = (bwi << 4) | (structure[3] & 0x0F)
+            payload = bytes(structure)
+        else:
+            payload = params.to_bytes()
+        if not desc.dwFeatures & Features.AUTO_CONF_ATR or fi_di is not None:
+            try:
+                self._command(self._engine.set_parameters(s.index, protocol, payload),
+                              wait=READER_WAIT, ceiling=min(ceiling, READER_WAIT * 2))
+            except SlotError as exc:
+                tolerate = any(q.tolerate_set_parameters_failure()
+                               for q in self._hooks("tolerate_set_parameters_failure"))
+                if not tolerate:
+                    raise
+                self._warn(f"SetParameters failed ({exc.message}); reader defaults kept")
+        with s.state_lock:
+            s.atr = atr
+            s.protocol = protocol
+            s.fi_di = fi_di
+            s.wait = self._card_wait(atr, protocol, fi_di, clock, raw, card_quirks)
+        if protocol == 1:
+            self._setup_t1(s, atr, ceiling)
+
+    def _card_wait(self, atr: ATR, protocol: int, fi_di: int | None, clock: int,
+                   raw: bytes, card_quirks: list[Any]) -> float:
+        try:
+            if protocol == 1:
+                card = t1_bwt_seconds(atr, clock, fi_di)
+            else:
+                card = t0_wwt_seconds(atr, clock, fi_di)
+        except UsageError:  # RFU Fi/Di: keep the floor
+            card = MIN_WAIT
+        for quirk in self._hooks("extra_card_time", card_quirks):
+            card += float(quirk.extra_card_time(raw))
+        return max(MIN_WAIT, card * 1.5 + 1.0)
+
+    def _pps(self, s: _Slot, atr: ATR, protocol: int, fi_di: int,
+             ceiling: float) -> int | None:
+        """Host-side PPS at TPDU level; on failure reset the card and go on at defaults."""
+        request = build_pps_request(protocol, None if fi_di == DEFAULT_FI_DI else fi_di)
+        try:
+            reply = self._command(self._engine.xfr_block(s.index, request), wait=MIN_WAIT,
+                                  ceiling=min(ceiling, MIN_WAIT * 2))
+            agreed = check_pps_response(request, reply.data)
+            return DEFAULT_FI_DI if agreed is None else agreed
+        except (PPSError, CardMuteError, SlotError) as exc:
+            self._warn(f"PPS for T={protocol} Fi/Di 0x{fi_di:02X} failed ({exc}); "
+                       "resetting the card and using its defaults")
+            raw = self._power_on(s, ceiling)
+            if bytes(raw) != bytes(atr):
+                log.info("%s: ATR changed after reset", self.name)
+            return None
+
+    def _setup_t1(self, s: _Slot, atr: ATR, ceiling: float) -> None:
+        from ccid.protocol.t1 import T1Protocol
+
+        desc = self.descriptor
+        ifsd_max = min(254, desc.dwMaxIFSD or 254)
+        ifsd = self._ifsd_option or ifsd_max
+        ifsd = max(1, min(int(ifsd), ifsd_max))
+        t1 = T1Protocol(ifsc=atr.ifsc, ifsd=32, crc=atr.edc == "crc")
+        s.t1 = t1
+        if desc.exchange_level != ExchangeLevel.TPDU:
+            return
+        negotiate = not desc.dwFeatures & Features.AUTO_IFSD
+        for quirk in self._hooks("negotiate_ifsd"):
+            negotiate = bool(quirk.negotiate_ifsd(negotiate))
+        if negotiate and ifsd != 32:
+            try:
+                self._t1_run(s, t1.ifs_request(ifsd), ceiling)
+            except ReaderTimeoutError:
+                raise
+            except (ProtocolError, CardMuteError) as exc:
+                self._warn(f"IFSD negotiation failed ({exc}); keeping IFSD 32")
+                t1.reset()
+        elif not negotiate:
+            t1.ifsd = ifsd  # the reader told the card itself
+
+    # --- exchanges --------------------------------------------------------------------
+
+    def _transmit(self, s: _Slot, apdu: bytes, ceiling: float, raw_t0: bool) -> bytes:
+        level = self.descriptor.exchange_level
+        if level in (ExchangeLevel.SHORT_APDU, ExchangeLevel.EXTENDED_APDU):
+            return self._apdu_level(s, apdu, ceiling, level)
+        if s.protocol == 1:
+            return self._t1_run(s, s.t1.start(apdu), ceiling)
+        if level == ExchangeLevel.CHARACTER:
+            raise UsageError("character-level readers are not supported", reader=self.name)
+        return self._t0_run(s, apdu, ceiling, raw_t0)
+
+    def _xfr(self, s: _Slot, data: bytes, deadline: float, *, bwi: int = 0,
+             level: int = LevelParameter.COMPLETE) -> Reply:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise ReaderTimeoutError("the call's time ceiling was reached", reader=self.name,
+                                     slot=s.index)
+        wait = s.wait * max(1, bwi)
+        return self._command(self._engine.xfr_block(s.index, data, bwi, level),
+                             wait=min(wait, left), ceiling=left)
+
+    def _t0_run(self, s: _Slot, apdu: bytes, ceiling: float, raw: bool) -> bytes:
+        from ccid.protocol.t0 import T0Exchange
+
+        exchange = T0Exchange(apdu, auto_get_response=self.auto_get_response and not raw)
+        deadline = time.monotonic() + ceiling
+        while True:
+            tpdu = exchange.next_tpdu()
+            if tpdu is None:
+                return exchange.response
+            reply = self._xfr(s, tpdu, deadline)
+            exchange.receive(reply.data)
+
+    def _t1_run(self, s: _Slot, block: bytes, ceiling: float) -> bytes:
+        from ccid.protocol.t1 import Complete
+
+        t1 = s.t1
+        deadline = time.monotonic() + ceiling
+        bwi = 0
+        for _ in range(100_000):  # each round moves the exchange or counts a retry
+            try:
+                reply = self._xfr(s, block, deadline, bwi=bwi)
+            except CardMuteError:
+                # The reader's BWT expired: T=1 error recovery decides what to send.
+                block, bwi = t1.timeout_error(), 0
+                continue
+            event = t1.receive(reply.data)
+            if isinstance(event, Complete):
+                return bytes(event.response)
+            block, bwi = event.block, event.wtx
+        raise ProtocolError("T=1 exchange did not converge", reader=self.name, slot=s.index)
+
+    def _apdu_level(self, s: _Slot, apdu: bytes, ceiling: float,
+                    level: ExchangeLevel) -> bytes:
+        deadline = time.monotonic() + ceiling
+        room = (self._engine.max_message_length or 65546) - HEADER_SIZE
+        if level == ExchangeLevel.SHORT_APDU:
+            if len(apdu) > min(room, 261):
+                raise UsageError(
+                    f"APDU of {len(apdu)} bytes does not fit a short-APDU reader "
+                    "(at most 261 bytes: 4 header + Lc + 255 data + Le)", reader=self.name)
+            return self._xfr(s, apdu, deadline).data
+        if len(apdu) <= room:  # one message: the common case, no chaining plumbing
+            single = self._xfr(s, apdu, deadline)
+            if single.chain == ChainParameter.COMPLETE:
+                return single.data
+            return self._chained_rest(s, single, deadline)
+        parts = split_extended(apdu, max(1, room))
+        reply: Reply | None = None
+        for i, (lvl, chunk) in enumerate(parts):
+            reply = self._xfr(s, chunk, deadline, level=lvl)
+            if i < len(parts) - 1 and reply.chain != ChainParameter.CONTINUE_REQUESTED:
+                self._recover()
+                raise ProtocolError(
+                    f"reader answered bChainParameter 0x{reply.chain:02X} to a command "
+                    "piece instead of asking for the next one (0x10)", reader=self.name,
+                    slot=s.index)
+        if reply is None:  # pragma: no cover - split_extended never returns nothing
+            raise UsageError("empty APDU", reader=self.name)
+        if reply.chain == ChainParameter.COMPLETE:
+            return reply.data
+        return self._chained_rest(s, reply, deadline)
+
+    def _chained_rest(self, s: _Slot, reply: Reply, deadline: float) -> bytes:
+        """Ask for the rest of a chained response (wLevelParameter 0x10) and join it."""
+        joined = ChainedResponse()
+        done = joined.add(reply.chain, reply.data)
+        for _ in range(70_000):
+            if done:
+                return joined.result()
+            reply = self._xfr(s, b"", deadline, level=LevelParameter.CONTINUE_RESPONSE)
+            done = joined.add(reply.chain, reply.data)
+        raise ProtocolError("chained response never ended", reader=self.name, slot=s.index)
+
+    # --- card state changes -----------------------------------------------------------
+
+    def _power_off(self, s: _Slot) -> None:
+        with s.state_lock:
+            s.generation += 1
+            s.forget_card()
+        self._command(self._engine.power_off(s.index), wait=READER_WAIT,
+                      ceiling=READER_WAIT * 2, check=False)
+
+    def _eject(self, s: _Slot) -> None:
+        if self.descriptor.dwMechanical & 0x02:
+            with contextlib.suppress(SlotError):
+                self._command(self._engine.mechanical(s.index, MechanicalFunction.EJECT),
+                              wait=READER_WAIT, ceiling=READER_WAIT * 2)
+        self._power_off(s)
+
+
+_OPTIONS = frozenset({
+    "timeout", "poll_interval", "events", "allow_bad_firmware", "check_tck",
+    "auto_get_response", "ifsd", "quirks",
+})
+
+#: IccPowerOn errors after which the next (lower) voltage is worth trying.
+_VOLTAGE_FALLBACK = frozenset({
+    SlotErrorCode.ICC_MUTE, SlotErrorCode.ICC_CLASS_NOT_SUPPORTED, 0x07,  # bPowerSelect
+    SlotErrorCode.XFR_PARITY_ERROR, SlotErrorCode.BAD_ATR_TS, SlotErrorCode.BAD_ATR_TCK,
+})
+
+
+def _protocol_number(protocol: Any) -> int | None:
+    if protocol is None:
+        return None
+    if isinstance(protocol, str):
+        text = protocol.strip().upper().replace(" ", "")
+        if text in ("T=0", "T0", "0"):
+            return 0
+        if text in ("T=1", "T1", "1"):
+            return 1
+    elif isinstance(protocol, int) and not isinstance(protocol, bool) and protocol in (0, 1):
+        return protocol
+    raise UsageError(f"protocol must be None, 0, 1, 'T=0' or 'T=1', not {protocol!r}")
+
+
+# --- the card handle -------------------------------------------------------------------
+
+
+class Card:
+    """A handle on the card in one slot. Obtain with ``Reader.connect``."""
+
+    def __init__(self, reader: Reader, slot: _Slot, mode: str) -> None:
+        self.reader = reader
+        self._s = slot
+        self.slot = slot.index
+        self.mode = mode
+        self._generation = -1
+        self._presence = -1
+        self._connected = False
+
+    def __repr__(self) -> str:
+        state = "connected" if self._connected else "disconnected"
+        return f"<Card {self.reader.name!r} slot {self.slot} {self.protocol} {state}>"
+
+    def __enter__(self) -> Card:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._connected and not self.reader._inherited and \
+                self.reader._pid == os.getpid() and not self.reader.closed:
+            with contextlib.suppress(CCIDError):
+                self.disconnect()
+        self._release()
+
+    # --- bookkeeping ------------------------------------------------------------------
+
+    def _adopt(self) -> None:
+        s = self._s
+        with s.state_lock:
+            s.handles.add(self)
+            if self.mode == "exclusive":
+                s.exclusive = self
+            self._generation = s.generation
+            self._presence = s.presence
+        self._connected = True
+
+    def _release(self) -> None:
+        s = self._s
+        with s.state_lock:
+            s.handles.discard(self)
+            if s.exclusive is self:
+                s.exclusive = None
+        self._connected = False
+
+    def _check(self) -> None:
+        """Refuse before anything is sent when the card changed under this handle."""
+        self.reader._check_usable()
+        if not self._connected:
+            raise UsageError("the card handle is disconnected", reader=self.reader.name,
+                             slot=self.slot)
+        if self.mode == "direct":
+            return
+        s = self._s
+        if s.presence != self._presence:
+            raise CardRemovedError("the card was removed since this handle connected; "
+                                   "connect again", reader=self.reader.name, slot=self.slot)
+        if s.generation != self._generation:
+            raise CardResetError("the card was reset or powered off by someone else; call "
+                                 "reconnect()", reader=self.reader.name, slot=self.slot)
+
+    # --- properties -------------------------------------------------------------------
+
+    @property
+    def atr(self) -> ATR | None:
+        """The parsed ATR (``bytes(card.atr)`` for the raw bytes); None in direct mode."""
+        return self._s.atr if self._generation == self._s.generation else None
+
+    @property
+    def protocol(self) -> str | None:
+        """"T=0" or "T=1" (None in direct mode)."""
+        p = self._s.protocol
+        return None if p is None else f"T={p}"
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    # --- operations -------------------------------------------------------------------
+
+    def transmit(self, apdu: bytes, *, timeout: float | None = None,
+                 raw: bool = False) -> bytes:
+        """Send a command APDU; return response data + SW1 SW2.
+
+        ``raw=True`` (T=0 only) returns 61xx / 6Cxx as the card gave them.
+        """
+        apdu = bytes(apdu)
+        reader = self.reader
+        if self.mode == "direct":
+            raise UsageError("a direct-mode handle cannot transmit APDUs", reader=reader.name,
+                             slot=self.slot)
+        if len(apdu) < 4:
+            raise UsageError(f"APDU of {len(apdu)} bytes is shorter than its 4-byte header",
+                             reader=reader.name, slot=self.slot)
+        ceiling = reader.timeout if timeout is None else float(timeout)
+        s = self._s
+        span = _trace.span(reader.name, "Card.transmit") if (
+            _trace is not None and _trace.enabled) else _NO_SPAN
+        with span, s.lock:
+            self._check()
+            try:
+                return reader._transmit(s, apdu, ceiling, raw)
+            except NoCardError as exc:
+                reader._notify_slot(self.slot, False, True)
+                raise CardRemovedError(f"the card was removed ({exc.message})",
+                                       reader=reader.name, slot=self.slot) from exc
+            except SlotError as exc:
+                if exc.bStatus is not None and exc.bStatus & 0x03 == ICCStatus.INACTIVE:
+                    with s.state_lock:
+                        s.generation += 1
+                        s.forget_card()
+                    raise CardResetError(
+                        f"the card is no longer powered ({exc.message}); call reconnect()",
+                        reader=reader.name, slot=self.slot) from exc
+                raise
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Card]:
+        """Hold the slot for a sequence of APDUs (other handles and threads wait)."""
+        with self._s.lock:
+            self._check()
+            yield self
+
+    def reset(self, cold: bool = False, *, protocol: Any = None) -> None:
+        """Reset the card (warm by default) and renegotiate; other handles see CardResetError."""
+        reader = self.reader
+        s = self._s
+        wanted = _protocol_number(protocol)
+        with s.lock:
+            reader._check_usable()
+            if not self._connected:
+                raise UsageError("the card handle is disconnected", reader=reader.name,
+                                 slot=self.slot)
+            if cold and s.powered:
+                reader._power_off(s)
+            if wanted is None and s.protocol is not None and self._generation == s.generation:
+                wanted = s.protocol
+            reader._power_up(s, wanted, reader.timeout)
+            with s.state_lock:
+                self._generation = s.generation
+                self._presence = s.presence
+
+    def reconnect(self, protocol: Any = None) -> None:
+        """Accept a reset or a new card: power it if needed and take the new generation."""
+        reader = self.reader
+        s = self._s
+        with s.lock:
+            reader._check_usable()
+            if not self._connected:
+                raise UsageError("the card handle is disconnected", reader=reader.name,
+                                 slot=self.slot)
+            wanted = _protocol_number(protocol)
+            if self.mode != "direct" and (not s.powered or
+                                          (wanted is not None and wanted != s.protocol)):
+                reader._power_up(s, wanted, reader.timeout)
+            with s.state_lock:
+                self._generation = s.generation
+                self._presence = s.presence
+
+    def disconnect(self, disposition: Disposition = "leave") -> None:
+        """Release the handle; "reset", "unpower" or "eject" act on the card first."""
+        if disposition not in ("leave", "reset", "unpower", "eject"):
+            raise UsageError(f"disposition must be leave, reset, unpower or eject, "
+                             f"not {disposition!r}")
+        if not self._connected:
+            return
+        reader = self.reader
+        s = self._s
+        try:
+            if disposition != "leave" and self.mode != "direct":
+                with s.lock:
+                    reader._check_usable()
+                    if disposition == "reset":
+                        reader._power_up(s, s.protocol, reader.timeout)
+                    elif disposition == "unpower":
+                        reader._power_off(s)
+                    else:
+                        reader._eject(s)
+        finally:
+            self._release()
+
+    def escape(self, data: bytes, *, timeout: float | None = None) -> bytes:
+        """PC_to_RDR_Escape on this handle's slot."""
+        self.reader._check_usable()
+        return self.reader.escape(data, self.slot, timeout=timeout)
+

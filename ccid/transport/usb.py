@@ -1,0 +1,468 @@
+"""USB transport through pyusb: find CCID interfaces, claim one, move bytes.
+
+Any pyusb backend is accepted (``ccid.testing.VirtualBackend`` in tests); by default the
+libusb-1.0 shipped by ``libusb-package`` is used. pyusb errors become ``ccid.errors``:
+EBUSY on claim -> SharingViolationError, ENODEV -> ReaderRemovedError, a timeout ->
+ReaderTimeoutError (the caller aborts), EPIPE -> the halt is cleared and ReaderError.
+"""
+
+from __future__ import annotations
+
+import errno
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import usb.core
+import usb.util
+
+from ccid.constants import CCID_CLASS, ClassRequest
+from ccid.descriptor import CCIDDescriptor, locate_ccid_descriptor, parse_ccid_descriptor
+from ccid.errors import (
+    CCIDError,
+    DescriptorError,
+    ReaderError,
+    ReaderRemovedError,
+    ReaderTimeoutError,
+    SharingViolationError,
+    TransportError,
+)
+
+try:  # the wire trace lands with its own issue; without it tracing is simply off
+    from ccid import trace as _trace_module
+
+    _trace: Any = _trace_module
+except ImportError:  # pragma: no cover - depends on the tree
+    class _NoTrace:
+        enabled = False
+
+        @staticmethod
+        def record(reader: str, direction: str, data: bytes) -> None:
+            """Tracing is not available."""
+
+    _trace = _NoTrace()
+
+__all__ = [
+    "UsbInterface",
+    "UsbTransport",
+    "default_backend",
+    "find_interfaces",
+    "usb_error",
+]
+
+_EP_BULK = 0x02
+_EP_INTERRUPT = 0x03
+_DIR_IN = 0x80
+
+#: ICCD version A and B talk over the control pipe; we drive bulk CCID only.
+_ICCD_CONTROL_PROTOCOLS = (1, 2)
+
+_PCSCD_HINT = (
+    "the reader's interface is claimed by another process (probably pcscd); stop it with "
+    "`sudo systemctl stop pcscd.socket pcscd` or use it through PC/SC"
+)
+
+_default_backend: Any = None
+_default_lock = threading.Lock()
+
+
+def default_backend() -> Any:
+    """The libusb-1.0 backend of libusb-package (falls back to pyusb's own search)."""
+    global _default_backend
+    with _default_lock:
+        if _default_backend is None:
+            try:
+                import libusb_package
+
+                _default_backend = libusb_package.get_libusb1_backend()
+            except Exception:  # libusb-package missing or broken: pyusb searches itself
+                _default_backend = None
+            if _default_backend is None:
+                import usb.backend.libusb1
+
+                _default_backend = usb.backend.libusb1.get_backend()
+            if _default_backend is None:
+                raise TransportError(
+                    "no libusb backend found: install libusb-1.0 or the libusb-package wheel"
+                )
+        return _default_backend
+
+
+def usb_error(exc: BaseException, what: str, *, reader: str | None = None,
+              slot: int | None = None) -> CCIDError:
+    """The ccid error a pyusb error stands for."""
+    if isinstance(exc, CCIDError):
+        return exc
+    if isinstance(exc, usb.core.USBTimeoutError):
+        return ReaderTimeoutError(f"{what}: the reader did not answer in time", reader=reader,
+                                  slot=slot)
+    code = getattr(exc, "errno", None)
+    if code == errno.ENODEV:
+        return ReaderRemovedError(f"{what}: the reader was unplugged", reader=reader, slot=slot)
+    if code == errno.EBUSY:
+        return SharingViolationError(f"{what}: {_PCSCD_HINT}", reader=reader, slot=slot)
+    if code == errno.EACCES or code == errno.EPERM:
+        return TransportError(
+            f"{what}: access denied to the USB device; install the udev rules "
+            "(`ccid udev-rules --install`) or run with the right group",
+            reader=reader, slot=slot, pcsc_code="SCARD_E_NO_ACCESS",
+        )
+    if code == errno.ETIMEDOUT:
+        return ReaderTimeoutError(f"{what}: the reader did not answer in time", reader=reader,
+                                  slot=slot)
+    if code == errno.EPIPE:
+        return ReaderError(f"{what}: the reader stalled the endpoint", reader=reader, slot=slot)
+    return TransportError(f"{what}: USB error: {exc}", reader=reader, slot=slot)
+
+
+def _ms(seconds: float) -> int:
+    # libusb reads 0 as "wait forever": never pass it.
+    return max(1, int(seconds * 1000 + 0.5))
+
+
+def _string(dev: Any, index: int) -> str | None:
+    if not index:
+        return None
+    try:
+        value = usb.util.get_string(dev, index)
+    except Exception:  # permissions, a stalled request, a broken string: names are optional
+        return None
+    if value is None:
+        return None
+    value = str(value).strip().strip("\x00")
+    return value or None
+
+
+@dataclass(frozen=True, slots=True)
+class UsbInterface:
+    """One CCID interface of one USB device, as found by :func:`find_interfaces`."""
+
+    vid: int
+    pid: int
+    bcd_device: int
+    manufacturer: str | None
+    product: str | None
+    interface_name: str | None
+    serial: str | None
+    bus: int | None
+    address: int | None
+    port_path: tuple[int, ...]
+    configuration: int
+    interface: int
+    alternate: int
+    interface_class: int
+    raw_descriptor: bytes
+    descriptor: CCIDDescriptor
+    bulk_in: int
+    bulk_out: int
+    interrupt_in: int | None
+    bulk_in_packet: int
+    interrupt_packet: int
+    device: Any = field(compare=False, repr=False, hash=False)
+
+    @property
+    def usb_path(self) -> str:
+        """Stable location: ``bus-port.port:config.interface`` (as Linux sysfs names it)."""
+        ports = ".".join(str(p) for p in self.port_path) or str(self.address or 0)
+        return f"{self.bus or 0}-{ports}:{self.configuration}.{self.interface}"
+
+    @property
+    def base_name(self) -> str:
+        """``Vendor Product [Interface] (serial)``, the PC/SC name without indexes."""
+        vendor = self.manufacturer or f"USB {self.vid:04X}"
+        product = self.product or f"CCID reader {self.vid:04X}:{self.pid:04X}"
+        name = product if product.startswith(vendor) else f"{vendor} {product}"
+        if self.interface_name and self.interface_name not in name:
+            name += f" [{self.interface_name}]"
+        if self.serial:
+            name += f" ({self.serial})"
+        return name
+
+
+def _iter_configs(dev: Any) -> Iterator[Any]:
+    try:
+        yield from dev
+    except usb.core.USBError:
+        return
+
+
+def _interfaces_of(dev: Any) -> list[UsbInterface]:
+    found: list[UsbInterface] = []
+    strings: dict[int, str | None] = {}
+
+    def text(index: int) -> str | None:
+        if index not in strings:
+            strings[index] = _string(dev, index)
+        return strings[index]
+
+    for cfg in _iter_configs(dev):
+        for intf in cfg:
+            if intf.bAlternateSetting != 0:
+                continue
+            klass = intf.bInterfaceClass
+            if klass not in (CCID_CLASS, 0xFF):
+                continue
+            if klass == CCID_CLASS and intf.bInterfaceProtocol in _ICCD_CONTROL_PROTOCOLS:
+                continue  # ICCD A/B: control-pipe tokens, not supported
+            endpoints = list(intf)
+            try:
+                raw = locate_ccid_descriptor(
+                    bytes(intf.extra_descriptors),
+                    interface_class=klass,
+                    endpoint_extras=[bytes(ep.extra_descriptors) for ep in endpoints],
+                )
+                desc = parse_ccid_descriptor(raw)
+            except DescriptorError:
+                continue  # a vendor interface without a CCID descriptor is not ours
+            bulk_in = bulk_out = None
+            intr: int | None = None
+            bulk_in_packet = intr_packet = 64
+            for ep in endpoints:
+                kind = ep.bmAttributes & 0x03
+                addr = ep.bEndpointAddress
+                if kind == _EP_BULK and addr & _DIR_IN and bulk_in is None:
+                    bulk_in, bulk_in_packet = addr, ep.wMaxPacketSize or 64
+                elif kind == _EP_BULK and not addr & _DIR_IN and bulk_out is None:
+                    bulk_out = addr
+                elif kind == _EP_INTERRUPT and addr & _DIR_IN and intr is None:
+                    intr, intr_packet = addr, ep.wMaxPacketSize or 8
+            if bulk_in is None or bulk_out is None:
+                continue
+            ports = getattr(dev, "port_numbers", None) or ()
+            found.append(UsbInterface(
+                vid=dev.idVendor, pid=dev.idProduct, bcd_device=dev.bcdDevice,
+                manufacturer=text(dev.iManufacturer), product=text(dev.iProduct),
+                interface_name=text(intf.iInterface), serial=text(dev.iSerialNumber),
+                bus=getattr(dev, "bus", None), address=getattr(dev, "address", None),
+                port_path=tuple(ports), configuration=cfg.bConfigurationValue,
+                interface=intf.bInterfaceNumber, alternate=intf.bAlternateSetting,
+                interface_class=klass, raw_descriptor=raw, descriptor=desc,
+                bulk_in=bulk_in, bulk_out=bulk_out, interrupt_in=intr,
+                bulk_in_packet=bulk_in_packet, interrupt_packet=intr_packet, device=dev,
+            ))
+    return found
+
+
+def find_interfaces(backend: Any = None) -> list[UsbInterface]:
+    """Every CCID interface on the bus, in bus order (composite devices: one per interface)."""
+    backend = default_backend() if backend is None else backend
+    try:
+        devices = list(usb.core.find(find_all=True, backend=backend))
+    except usb.core.NoBackendError as exc:
+        raise TransportError(f"no USB backend: {exc}") from exc
+    except usb.core.USBError as exc:
+        raise usb_error(exc, "listing USB devices") from exc
+    out: list[UsbInterface] = []
+    for dev in devices:
+        try:
+            out.extend(_interfaces_of(dev))
+        except usb.core.USBError:
+            continue  # unplugged while we looked
+        finally:
+            try:
+                usb.util.dispose_resources(dev)
+            except Exception:
+                pass
+    out.sort(key=lambda i: (i.bus or 0, i.port_path, i.address or 0, i.interface))
+    return out
+
+
+class UsbTransport:
+    """A claimed CCID interface: bulk-OUT frames, bulk-IN reads, class requests, interrupts.
+
+    ``close()`` is safe at any point, also on a half-opened transport and twice; after
+    ``mark_inherited()`` (a fork child) it never touches the USB handle again.
+    """
+
+    def __init__(self, info: UsbInterface, name: str) -> None:
+        self.info = info
+        self.name = name
+        self._dev: Any = info.device
+        self._claimed = False
+        self._detached = False
+        self._closed = False
+        self._inherited = False
+        packet = max(info.bulk_in_packet, 8)
+        wanted = max(info.descriptor.dwMaxCCIDMessageLength, 271) + 10
+        # Whole packets only: a read that ends mid-packet overflows on real libusb.
+        self.read_size = (wanted + packet - 1) // packet * packet
+
+    # --- life cycle -------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Detach a kernel driver if one is bound and claim the interface."""
+        number = self.info.interface
+        try:
+            if self._dev.is_kernel_driver_active(number):
+                self._dev.detach_kernel_driver(number)
+                self._detached = True
+        except (NotImplementedError, usb.core.USBError) as exc:
+            code = getattr(exc, "errno", None)
+            if code in (errno.ENODEV, errno.EACCES, errno.EPERM):
+                raise usb_error(exc, "opening the reader", reader=self.name) from exc
+            # no kernel driver support on this platform or backend: nothing to detach
+        try:
+            usb.util.claim_interface(self._dev, number)
+        except usb.core.USBError as exc:
+            raise usb_error(exc, "claiming the interface", reader=self.name) from exc
+        self._claimed = True
+
+    def reset_device(self) -> None:
+        """USB port reset (firmware restarts), then claim the interface again."""
+        dev = self._device()
+        self._claimed = False
+        try:
+            dev.reset()
+        except usb.core.USBError as exc:
+            raise usb_error(exc, "resetting the reader", reader=self.name) from exc
+        try:
+            usb.util.claim_interface(dev, self.info.interface)
+        except usb.core.USBError as exc:
+            raise usb_error(exc, "claiming the interface after reset", reader=self.name) from exc
+        self._claimed = True
+
+    def mark_inherited(self) -> None:
+        """This copy lives in a fork child: never touch the parent's handle."""
+        self._inherited = True
+        self._closed = True
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        """Release the interface, re-attach a detached kernel driver, free the handle."""
+        if self._inherited:
+            return
+        self._closed = True
+        dev, self._dev = self._dev, None
+        if dev is None:
+            return
+        if self._claimed:
+            self._claimed = False
+            try:
+                usb.util.release_interface(dev, self.info.interface)
+            except Exception:
+                pass
+        if self._detached:
+            self._detached = False
+            try:
+                dev.attach_kernel_driver(self.info.interface)
+            except Exception:
+                pass
+        try:
+            usb.util.dispose_resources(dev)
+        except Exception:
+            pass
+
+    def _device(self) -> Any:
+        dev = self._dev
+        if dev is None:
+            raise ReaderRemovedError("the reader is closed", reader=self.name)
+        return dev
+
+    # --- bulk ---------------------------------------------------------------------------
+
+    def write(self, frame: bytes, timeout: float) -> None:
+        """Write one PC_to_RDR frame on bulk-OUT."""
+        dev = self._device()
+        if _trace.enabled:
+            _trace.record(self.name, "->", frame)
+        try:
+            dev.write(self.info.bulk_out, frame, _ms(timeout))
+        except usb.core.USBError as exc:
+            self._on_error(exc, self.info.bulk_out)
+            raise usb_error(exc, "writing to the reader", reader=self.name) from exc
+
+    def read(self, timeout: float) -> bytes:
+        """One bulk-IN transfer (up to a whole maximal frame)."""
+        dev = self._device()
+        try:
+            data = dev.read(self.info.bulk_in, self.read_size, _ms(timeout))
+        except usb.core.USBError as exc:
+            self._on_error(exc, self.info.bulk_in)
+            raise usb_error(exc, "reading from the reader", reader=self.name) from exc
+        out: bytes = data.tobytes()
+        return out
+
+    def trace_in(self, frame: bytes) -> None:
+        """Record a complete bulk-IN frame (called once the frame is reassembled)."""
+        if _trace.enabled:
+            _trace.record(self.name, "<-", frame)
+
+    def _on_error(self, exc: usb.core.USBError, endpoint: int) -> None:
+        if getattr(exc, "errno", None) == errno.EPIPE and not isinstance(
+                exc, usb.core.USBTimeoutError):
+            self.clear_halt(endpoint)
+
+    def clear_halt(self, endpoint: int) -> None:
+        """Clear a stalled endpoint (errors ignored: the next transfer will tell)."""
+        dev = self._dev
+        if dev is None:
+            return
+        try:
+            dev.clear_halt(endpoint)
+        except Exception:
+            pass
+
+    # --- control ------------------------------------------------------------------------
+
+    def class_request_in(self, request: ClassRequest, length: int, timeout: float,
+                         value: int = 0) -> bytes:
+        """A CCID class request reading ``length`` bytes (GET_DATA_RATES, ...)."""
+        dev = self._device()
+        if _trace.enabled:
+            _trace.record(self.name, "ctrl->", bytes([0xA1, int(request)]) +
+                          value.to_bytes(2, "little") +
+                          self.info.interface.to_bytes(2, "little") +
+                          length.to_bytes(2, "little"))
+        try:
+            data = dev.ctrl_transfer(0xA1, int(request), value, self.info.interface, length,
+                                     _ms(timeout))
+        except usb.core.USBError as exc:
+            raise usb_error(exc, f"class request {request.name}", reader=self.name) from exc
+        out: bytes = bytes(data)
+        if _trace.enabled:
+            _trace.record(self.name, "ctrl<-", out)
+        return out
+
+    def class_request_out(self, request: ClassRequest, value: int, timeout: float) -> None:
+        """A CCID class request without data stage (ABORT)."""
+        dev = self._device()
+        if _trace.enabled:
+            _trace.record(self.name, "ctrl->", bytes([0x21, int(request)]) +
+                          value.to_bytes(2, "little") +
+                          self.info.interface.to_bytes(2, "little") + b"\x00\x00")
+        try:
+            dev.ctrl_transfer(0x21, int(request), value, self.info.interface, None,
+                              _ms(timeout))
+        except usb.core.USBError as exc:
+            raise usb_error(exc, f"class request {request.name}", reader=self.name) from exc
+
+    # --- interrupt ----------------------------------------------------------------------
+
+    @property
+    def has_interrupt(self) -> bool:
+        """The reader has an interrupt-IN endpoint (card events without polling)."""
+        return self.info.interrupt_in is not None
+
+    def read_interrupt(self, size: int = 0, timeout_ms: int = 250) -> bytes | None:
+        """One interrupt-IN message, or None when nothing came within ``timeout_ms``."""
+        if self.info.interrupt_in is None:
+            return None
+        dev = self._device()
+        size = max(size, self.info.interrupt_packet, 8)
+        try:
+            data = dev.read(self.info.interrupt_in, size, max(1, int(timeout_ms)))
+        except usb.core.USBTimeoutError:
+            return None
+        except usb.core.USBError as exc:
+            if getattr(exc, "errno", None) == errno.ETIMEDOUT:
+                return None
+            self._on_error(exc, self.info.interrupt_in)
+            raise usb_error(exc, "reading the interrupt endpoint", reader=self.name) from exc
+        out: bytes = data.tobytes()
+        if _trace.enabled:
+            _trace.record(self.name, "int<-", out)
+        return out
