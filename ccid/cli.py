@@ -219,12 +219,13 @@ def cmd_udev_rules(args: argparse.Namespace) -> int:
 
     text = udev.render_rules(uaccess=args.uaccess)
     if args.install:
-        target_dir = "/etc/udev/rules.d"
+        target_dir = args.rules_dir
         # the uaccess tag is acted on by systemd's 73-seat-late.rules: sort before it
         name = "70-ccid-uaccess.rules" if args.uaccess else "92_pcscd_ccid.rules"
         target = os.path.join(target_dir, name)
-        if not os.access(target_dir, os.W_OK):
-            raise CLIError(f"cannot write {target}: run as root (sudo ccid udev-rules --install)")
+        if not os.path.isdir(target_dir) or not os.access(target_dir, os.W_OK):
+            raise CLIError(f"cannot write {target}: run as root (sudo ccid udev-rules --install)"
+                           " on a system with udev")
         with open(target, "w", encoding="utf-8") as fh:
             fh.write(text)
         print(f"wrote {target}")
@@ -430,58 +431,63 @@ def _schedule_simulation(args: argparse.Namespace) -> None:
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
+    """Like pcsc_scan: readers coming and going, cards inserted and removed, with ATRs.
+
+    Blocks on the event queue (the readers' interrupt endpoints, or polling where a reader
+    has none); enumeration for reader hot-plug runs every half second.
+    """
     import ccid
     from ccid.events import CardInserted, CardRemoved, ReaderAdded, ReaderRemoved
 
     backend = _backend(args)
     _schedule_simulation(args)
     stop = threading.Event()
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    deadline = time.monotonic() + args.timeout if args.timeout else None
-    number = 0
+
+    def on_sigint(*_: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_sigint)
     print("ccid scan (no pcscd); Ctrl-C to stop")
-    infos = ccid.list_readers(backend=backend)
-    if not infos:
+    opened: dict[str, Any] = {}
+    number = 0
+    if not ccid.list_readers(backend=backend):
         print("Waiting for the first reader... (or try --virtual gemalto-pc-twin)")
-    seen_any = False
-    with contextlib.ExitStack() as stack:
-        readers = []
-        for index in range(len(infos)):
-            reader = stack.enter_context(ccid.open_reader(index, backend=backend))
-            readers.append(reader)
-            for slot in range(reader.descriptor.slot_count):
-                present = reader.slot_status(slot) != ICCStatus.ABSENT
-                _print_slot_state(reader, slot, number, present)
-                number += 1
-                seen_any = True
-        if args.once and seen_any:
-            return 0
-        while not stop.is_set():
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                break
-            wait = 0.5 if remaining is None else min(0.5, remaining)
-            for reader in readers:
-                event = reader.wait_for_event(timeout=wait / max(1, len(readers)))
-                if event is None:
+    events = ccid.watch(backend=backend, interval=0.5, timeout=args.timeout, readers=opened)
+    try:
+        # watch() yields every 0.5 s at most while idle; SIGINT sets `stop`
+        for event in _interruptible(events, stop):
+            stamp = time.strftime("%a %b %d %H:%M:%S %Y")
+            if isinstance(event, ReaderAdded):
+                print(f"{stamp}\n Reader added: {event.reader}")
+            elif isinstance(event, ReaderRemoved):
+                print(f"{stamp}\n Reader removed: {event.reader}")
+            elif isinstance(event, (CardInserted, CardRemoved)):
+                reader = opened.get(event.reader)
+                if reader is None:
                     continue
-                if isinstance(event, (CardInserted, CardRemoved)):
-                    _print_slot_state(reader, event.slot, number,
-                                      isinstance(event, CardInserted))
-                    number += 1
-                    if args.once:
-                        return 0
-                elif isinstance(event, (ReaderRemoved, ReaderAdded)):
-                    print(f"{time.strftime('%c')}\n Reader event: {event}")
-                    number += 1
-            if not readers:
-                time.sleep(wait)
+                _print_slot_state(reader, event.slot, number, isinstance(event, CardInserted))
+                number += 1
+                if args.once:
+                    break
+            else:
+                print(f"{stamp}\n Event: {event}")
+            sys.stdout.flush()
+    finally:
+        events.close()
     return 0
+
+
+def _interruptible(events: Iterator[Any], stop: threading.Event) -> Iterator[Any]:
+    for event in events:
+        yield event
+        if stop.is_set():
+            return
 
 
 def _print_slot_state(reader: Any, slot: int, number: int, present: bool) -> None:
     print(time.strftime("%a %b %d %H:%M:%S %Y"))
-    print(f" Reader {number}: {reader.name} {slot:02d}")
+    name = reader.info.slot_names[slot] if slot < len(reader.info.slot_names) else reader.name
+    print(f" Reader {slot}: {name}")
     print(f"  Event number: {number}")
     if not present:
         print("  Card state: Card removed, ")
@@ -492,7 +498,6 @@ def _print_slot_state(reader: Any, slot: int, number: int, present: bool) -> Non
             print("  Card state: Card inserted, ")
             print(f"  ATR: {_hex(raw)}")
             print()
-            print(f"ATR: {_hex(raw)}")
             for line in card.atr.describe():
                 print(f"  {line}")
     except CCIDError as exc:
@@ -597,7 +602,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             print(f"Card ATR: {_hex(raw)}  (protocol {card.protocol})")
             for line in card.atr.describe():
                 print(f"  {line}")
-            for apdu in (bytes.fromhex("00A4040007A0000002471001"), bytes.fromhex("0084000008")):
+            # SELECT the virtual card's test applet, GET CHALLENGE (most cards know it)
+            for apdu in (bytes.fromhex("00A4040006A000000018FF"), bytes.fromhex("0084000008")):
                 resp = card.transmit(apdu)
                 print(f"> {_hex(apdu)}")
                 print(f"< {_hex(resp)}  [{_sw_text(resp[-2], resp[-1])}]")
@@ -681,7 +687,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--uaccess", action="store_true",
                     help="also give the logged-in seat user access (TAG+=\"uaccess\")")
     sp.add_argument("-o", "--output", metavar="FILE")
-    sp.add_argument("--install", action="store_true", help="write to /etc/udev/rules.d")
+    sp.add_argument("--install", action="store_true", help="write to the udev rules directory")
+    sp.add_argument("--rules-dir", default="/etc/udev/rules.d",
+                    help="where --install writes (default: %(default)s)")
     sp.set_defaults(func=cmd_udev_rules)
 
     sp = add("trace", "summarise a recorded trace, or replay it into a virtual reader",

@@ -281,7 +281,8 @@ class _Forwarder:
 
 
 def watch(backend: Any = None, interval: float = 0.5, timeout: float | None = None, *,
-          cards: bool = True, **open_options: Any) -> Iterator[Event]:
+          cards: bool = True, readers: dict[str, Any] | None = None,
+          **open_options: Any) -> Iterator[Event]:
     """Yield reader arrivals and departures, and card events of every reader seen.
 
     Readers present when the watch starts are reported as :class:`ReaderAdded` first.
@@ -297,6 +298,9 @@ def watch(backend: Any = None, interval: float = 0.5, timeout: float | None = No
 
     Iteration ends after ``timeout`` seconds (None: never); close the generator (or break
     out of the loop) to stop early and release the readers.
+
+    ``readers``, when given, is kept filled with the readers this watch opened, by name,
+    so that the caller can connect to a card it was told about (``ccid scan`` does).
     """
     from ccid.reader import list_readers, open_reader
 
@@ -307,6 +311,8 @@ def watch(backend: Any = None, interval: float = 0.5, timeout: float | None = No
 
     def gone(key: str, name: str) -> None:
         del known[key]
+        if readers is not None:
+            readers.pop(name, None)
         fwd = forwarders.pop(key, None)
         if fwd is not None:
             fwd.close()
@@ -337,6 +343,8 @@ def watch(backend: Any = None, interval: float = 0.5, timeout: float | None = No
         except CCIDError as exc:
             log.info("watching %s without card events: %s", name, exc)
             return
+        if readers is not None:
+            readers[reader.name] = reader
         initial: Callable[[], Any] | None = getattr(reader, "slot_states", None)
         if callable(initial):
             with contextlib.suppress(CCIDError):

@@ -94,14 +94,24 @@ def test_udev_rules_match_committed_file(tmp_path: Path) -> None:
     assert 'TAG+="uaccess"' in out.read_text(encoding="utf-8")
 
 
-def test_udev_install_refused_without_rights() -> None:
-    if os.access("/etc/udev/rules.d", os.W_OK) or (
-        not os.path.exists("/etc/udev/rules.d") and os.geteuid() == 0
-    ):
-        pytest.skip("running with the rights to install; refusal cannot be shown")
-    r = run("udev-rules", "--install")
+def test_udev_install_refused_without_rights(tmp_path: Path) -> None:
+    # a directory nobody can write into, whoever we are: a path below a regular file
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    r = run("udev-rules", "--install", "--rules-dir", str(blocker / "rules.d"))
     assert r.returncode == 1
-    assert "root" in r.stderr
+    assert "root" in r.stderr and "Traceback" not in r.stderr
+    assert not (blocker.parent / "rules.d").exists()
+
+
+def test_udev_install_writes_and_says_how_to_reload(tmp_path: Path) -> None:
+    r = run("udev-rules", "--install", "--rules-dir", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "92_pcscd_ccid.rules").read_text(encoding="utf-8") == run(
+        "udev-rules").stdout
+    assert "udevadm control --reload" in r.stdout
+    r = run("udev-rules", "--install", "--uaccess", "--rules-dir", str(tmp_path))
+    assert 'TAG+="uaccess"' in (tmp_path / "70-ccid-uaccess.rules").read_text(encoding="utf-8")
 
 
 def test_virtual_list() -> None:
