@@ -3,7 +3,9 @@
 One process, same inputs for every implementation, best of several rounds:
 
 * frames: build a PC_to_RDR_XfrBlock frame and check an RDR_to_PC_DataBlock reply of the
-  same size (payloads of 5, 261 and 65,546 bytes);
+  same size (payloads of 5, 261 and 65,546 bytes), two ways: the status only
+  (``check_reply``), and the status with bStatus, bError and bChainParameter in one call
+  (``reply_header``, what the engine and the reader call per received frame);
 * T=1: build and check a block with a 254-byte INF, with LRC and with CRC;
 * extended APDU: split a 65,535-byte APDU into chunks (65,536 - 10 and 261 bytes), then
   join the pieces again.
@@ -87,6 +89,21 @@ def frame_cases() -> dict[str, dict[str, Callable[[], Any]]]:
                 if check(reply, 0x80, 0, 7, 0):
                     raise AssertionError("reply rejected")
             return run
+
+        def with_header(m: Any, payload: bytes = payload, reply: bytes = reply
+                        ) -> Callable[[], Any]:
+            build, header = m.build_frame, m.reply_header
+
+            def run() -> None:
+                build(0x6F, 0, 7, 4, 0, 0, payload)
+                if header(reply, 0x80, 0, 7, 0) & 0xC0FF:
+                    raise AssertionError("reply rejected")
+            return run
+
+        header_impls = {"python": with_header(twin)}
+        if fast is not None:
+            header_impls["cffi"] = with_header(fast)
+        cases[f"frame build+reply_header, {size:,}-byte payload"] = header_impls
 
         def with_construct(payload: bytes = payload, reply: bytes = reply) -> Callable[[], Any]:
             build, parse = FRAME.build, FRAME.parse

@@ -27,7 +27,11 @@ from ccid.testing.presets import preset  # noqa: E402
 
 
 def run(name: str, payload: bytes, seconds: float) -> tuple[float, float, int]:
-    """(round trips per second, CPU seconds per round trip, reply size)."""
+    """(round trips per second, best CPU seconds per round trip, reply size).
+
+    Batches of 200 round trips for ``seconds``; the CPU figure is the best batch's (the
+    machine may be shared), the rate is over the whole run (wall clock).
+    """
     backend = preset(name)
     dev = usb.core.find(backend=backend)
     dev.set_configuration()
@@ -41,24 +45,24 @@ def run(name: str, payload: bytes, seconds: float) -> tuple[float, float, int]:
     auto_voltage = backend.readers[0].descriptor.dwFeatures & 0x08
     out.write(build_frame(0x62, 0, 0, 0 if auto_voltage else 1))
     assert bytes(inp.read(bufsize, 1000))[7] == 0, "power on failed"
-    size = 0
-    seq = 1
+    frames = [build_frame(0x6F, 0, seq, 0, 0, 0, payload) for seq in range(256)]
+    reply = b""
     n = 0
-    c0 = time.process_time()
+    best = float("inf")
     t0 = time.perf_counter()
     end = t0 + seconds
     while True:
-        for _ in range(200):
-            out.write(build_frame(0x6F, 0, seq, 0, 0, 0, payload))
+        c0 = time.process_time()
+        for frame in frames[:200]:
+            out.write(frame)
             reply = inp.read(bufsize, 1000)
-            seq = (seq + 1) & 0xFF
+        best = min(best, (time.process_time() - c0) / 200)
         n += 200
         if time.perf_counter() >= end:
             break
-    t1 = time.perf_counter()
-    c1 = time.process_time()
-    size = len(reply)
-    return n / (t1 - t0), (c1 - c0) / n, size
+    rate = n / (time.perf_counter() - t0)
+    usb.util.dispose_resources(dev)
+    return rate, best, len(reply)
 
 
 def main() -> None:
@@ -72,7 +76,8 @@ def main() -> None:
     big = bytes.fromhex("80100000FA") + bytes(250) + b"\x00"
     for label, apdu in (("echo 3 bytes", small), ("echo 250 bytes", big)):
         rate, cpu, size = run(args.preset, apdu, args.seconds)
-        print(f"{label:>15}: {rate:9.0f} round trips/s  {cpu * 1e6:7.1f} us CPU each  "
+        print(f"{label:>15}: {rate:9.0f} round trips/s (wall)  {cpu * 1e6:7.1f} us CPU each "
+              f"(best batch)  "
               f"(reply {size} bytes)")
 
 

@@ -26,15 +26,22 @@ _LAZY: dict[str, str] = {
     "support_status": "ccid.database",
 }
 
-__all__ = [*sorted(_LAZY), "__version__", "errors"]
+# submodules reachable as attributes after a bare `import ccid` (ccid.trace.enable(...))
+_SUBMODULES = ("errors", "trace", "testing", "database", "events")
+
+__all__ = [
+    "ATR", "Card", "Reader", "ReaderInfo", "__version__", "database", "errors", "events",
+    "is_supported", "list_readers", "lookup", "open_reader", "parse_atr", "support_status",
+    "testing", "trace", "watch",
+]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ccid import errors
+    from ccid import database, errors, events, testing, trace
 
 
 def __getattr__(name: str) -> Any:
-    if name == "errors":
-        return importlib.import_module("ccid.errors")
+    if name in _SUBMODULES:
+        return importlib.import_module(f"ccid.{name}")
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'ccid' has no attribute {name!r}")

@@ -91,6 +91,18 @@ int ccid_check_reply(const uint8_t *buf, size_t len, long long expect_type, long
     return CCID_OK;
 }
 
+long long ccid_reply_header(const uint8_t *buf, size_t len, long long expect_type,
+                            long long slot, long long seq, long long max_length)
+{
+    /* One crossing per received frame: the check and the three status bytes together. */
+    int status = ccid_check_reply(buf, len, expect_type, slot, seq, max_length);
+
+    if (status == CCID_SHORT_HEADER)
+        return status;
+    return (long long)status | ((long long)buf[7] << 8) | ((long long)buf[8] << 16) |
+           ((long long)buf[9] << 24);
+}
+
 unsigned int ccid_lrc(const uint8_t *data, size_t len)
 {
     uint8_t v = 0;

@@ -46,6 +46,11 @@ long long ccid_build_frame(uint8_t *out, size_t cap, int msg_type, int slot, int
 long long ccid_frame_size(const uint8_t *buf, size_t len);
 int ccid_check_reply(const uint8_t *buf, size_t len, long long expect_type, long long slot,
                      long long seq, long long max_length);
+/* ccid_check_reply's status in bits 0-7, then bStatus, bError and the message-specific
+ * byte 9 (bChainParameter, bClockStatus, ...) in bits 8-15, 16-23, 24-31; only the status
+ * when the frame is shorter than its header. */
+long long ccid_reply_header(const uint8_t *buf, size_t len, long long expect_type,
+                            long long slot, long long seq, long long max_length);
 unsigned int ccid_lrc(const uint8_t *data, size_t len);
 unsigned int ccid_crc16(const uint8_t *data, size_t len);
 long long ccid_build_t1_block(uint8_t *out, size_t cap, int nad, int pcb, const uint8_t *inf,

@@ -9,8 +9,9 @@ extension was not built; ``ccid.framing`` then uses the twin.
 Measured choices (benchmarks/RESULTS.md): a cffi call that fills a fresh buffer and copies
 it into ``bytes`` costs more than the 10-byte header it would build, so ``build_frame``
 packs the header with ``struct`` (the stdlib's C) and ``build_t1_block`` lets C compute only
-the EDC; the chunk and chain plumbing iterates with ``map`` and ``itemgetter`` so that no
-Python bytecode runs per piece. ``ccid_build_frame`` and ``ccid_build_t1_block`` stay in
+the EDC; ``split_extended`` slices in one list comprehension over the C-computed count and
+``join_chained`` checks the chain order in C, then joins with ``map``/``itemgetter`` (no
+Python bytecode per piece). ``ccid_build_frame`` and ``ccid_build_t1_block`` stay in
 the C API (sanitizer-tested) for C callers and for ``_build_frame_cffi``.
 """
 
@@ -33,6 +34,7 @@ __all__ = [
     "frame_size",
     "join_chained",
     "lrc",
+    "reply_header",
     "split_extended",
 ]
 
@@ -46,6 +48,7 @@ _first = itemgetter(0)
 _second = itemgetter(1)
 
 _check_reply: Callable[..., int] = lib.ccid_check_reply
+_reply_header: Callable[..., int] = lib.ccid_reply_header
 _frame_size: Callable[..., int] = lib.ccid_frame_size
 _lrc: Callable[..., int] = lib.ccid_lrc
 _crc16: Callable[..., int] = lib.ccid_crc16
@@ -69,8 +72,9 @@ def build_frame(msg_type: int, slot: int, seq: int, p1: int, p2: int, p3: int,
                 payload: bytes) -> bytes:
     """10-byte header (type, dwLength LE, slot, seq, 3 message-specific bytes) + payload."""
     try:
-        return _pack_header(msg_type, len(payload) & 0xFFFFFFFF, slot, seq, p1, p2, p3) \
-            + payload
+        # A payload of 4 GiB or more fails the "I" field and goes to the twin (which wraps
+        # dwLength): no mask on the common path.
+        return _pack_header(msg_type, len(payload), slot, seq, p1, p2, p3) + payload
     except (struct.error, TypeError):
         return _py.build_frame(msg_type, slot, seq, p1, p2, p3, payload)
 
@@ -116,6 +120,20 @@ def check_reply(buf: bytes, expect_type: int, slot: int, seq: int, max_length: i
             return _check_reply(view, len(view), expect_type, slot, seq, max_length)
         except (TypeError, OverflowError):
             return _py.check_reply(buf, expect_type, slot, seq, max_length)
+
+
+def reply_header(buf: bytes, expect_type: int, slot: int, seq: int, max_length: int) -> int:
+    """check_reply's status in bits 0-7, then bStatus, bError and byte 9 in bits 8-31."""
+    try:
+        return _reply_header(buf, len(buf), expect_type, slot, seq, max_length)
+    except (TypeError, OverflowError):
+        view = _view(buf)
+        if view is None:
+            return _py.reply_header(buf, expect_type, slot, seq, max_length)
+        try:
+            return _reply_header(view, len(view), expect_type, slot, seq, max_length)
+        except (TypeError, OverflowError):
+            return _py.reply_header(buf, expect_type, slot, seq, max_length)
 
 
 def lrc(data: bytes) -> int:
@@ -180,11 +198,13 @@ def split_extended(apdu: bytes, chunk: int) -> list[tuple[int, bytes]]:
         return _py.split_extended(apdu, chunk)
     if count == 2:
         return [(0x0001, apdu[:chunk]), (0x0002, apdu[chunk:])]
-    # 0x0001, then 0x0003 for every middle piece, then 0x0002; slices are taken by map().
-    levels = b"\x01" + b"\x03" * (count - 2) + b"\x02"
-    stops = range(chunk, chunk * count + 1, chunk)
-    pieces = map(apdu.__getitem__, map(slice, range(0, n, chunk), stops))
-    return list(zip(levels, pieces))
+    # 0x0001, then 0x0003 for every middle piece, then 0x0002. One list comprehension over
+    # the C-computed count: the per-piece cost is the slice and its tuple, nothing else.
+    last = chunk * (count - 1)
+    parts = [(0x0001, apdu[:chunk])]
+    parts += [(0x0003, apdu[i : i + chunk]) for i in range(chunk, last, chunk)]
+    parts.append((0x0002, apdu[last:]))
+    return parts
 
 
 def join_chained(parts: list[tuple[int, bytes]]) -> tuple[int, bytes]:

@@ -23,6 +23,8 @@ long long ccid_build_frame(uint8_t *out, size_t cap, int msg_type, int slot, int
 long long ccid_frame_size(const uint8_t *buf, size_t len);
 int ccid_check_reply(const uint8_t *buf, size_t len, long long expect_type, long long slot,
                      long long seq, long long max_length);
+long long ccid_reply_header(const uint8_t *buf, size_t len, long long expect_type,
+                            long long slot, long long seq, long long max_length);
 unsigned int ccid_lrc(const uint8_t *data, size_t len);
 unsigned int ccid_crc16(const uint8_t *data, size_t len);
 long long ccid_build_t1_block(uint8_t *out, size_t cap, int nad, int pcb, const uint8_t *inf,

@@ -67,6 +67,18 @@ def check_reply(buf: bytes, expect_type: int, slot: int, seq: int, max_length: i
     return OK
 
 
+def reply_header(buf: bytes, expect_type: int, slot: int, seq: int, max_length: int) -> int:
+    """check_reply's status in bits 0-7, then bStatus, bError and byte 9 in bits 8-31.
+
+    Only the status when the frame is shorter than its header. ``code & 0xC0FF == 0``:
+    the complete, successful reply to the command.
+    """
+    status = check_reply(buf, expect_type, slot, seq, max_length)
+    if status == SHORT_HEADER:
+        return status
+    return status | buf[7] << 8 | buf[8] << 16 | buf[9] << 24
+
+
 def lrc(data: bytes) -> int:
     """Longitudinal redundancy check: XOR of all bytes."""
     value = 0

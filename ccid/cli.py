@@ -10,7 +10,6 @@ import contextlib
 import json
 import logging
 import os
-import signal
 import sys
 import threading
 import time
@@ -441,12 +440,6 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
     backend = _backend(args)
     _schedule_simulation(args)
-    stop = threading.Event()
-
-    def on_sigint(*_: object) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGINT, on_sigint)
     print("ccid scan (no pcscd); Ctrl-C to stop")
     opened: dict[str, Any] = {}
     number = 0
@@ -454,8 +447,9 @@ def cmd_scan(args: argparse.Namespace) -> int:
         print("Waiting for the first reader... (or try --virtual gemalto-pc-twin)")
     events = ccid.watch(backend=backend, interval=0.5, timeout=args.timeout, readers=opened)
     try:
-        # watch() yields every 0.5 s at most while idle; SIGINT sets `stop`
-        for event in _interruptible(events, stop):
+        # Ctrl-C raises KeyboardInterrupt inside watch()'s blocking queue wait (lock waits
+        # are interruptible), so an idle scan stops at once; `finally` releases the readers.
+        for event in events:
             stamp = time.strftime("%a %b %d %H:%M:%S %Y")
             if isinstance(event, ReaderAdded):
                 print(f"{stamp}\n Reader added: {event.reader}")
@@ -472,16 +466,11 @@ def cmd_scan(args: argparse.Namespace) -> int:
             else:
                 print(f"{stamp}\n Event: {event}")
             sys.stdout.flush()
+    except KeyboardInterrupt:
+        print("stopped")
     finally:
         events.close()
     return 0
-
-
-def _interruptible(events: Iterator[Any], stop: threading.Event) -> Iterator[Any]:
-    for event in events:
-        yield event
-        if stop.is_set():
-            return
 
 
 def _print_slot_state(reader: Any, slot: int, number: int, present: bool) -> None:

@@ -17,7 +17,7 @@ from ccid.constants import (
     Protocols,
     Voltage,
 )
-from ccid.errors import DescriptorError
+from ccid.errors import DescriptorError, UsageError
 
 __all__ = [
     "DESCRIPTOR_FIELDS",
@@ -153,9 +153,28 @@ class CCIDDescriptor:
 DESCRIPTOR_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(CCIDDescriptor))
 
 
+def _as_bytes(raw: object, what: str) -> bytes:
+    """``raw`` as bytes; UsageError for what is not bytes (an int, hex text, None)."""
+    if type(raw) is bytes:
+        return raw
+    if isinstance(raw, str):
+        raise UsageError(f"{what} must be bytes, not str (use bytes.fromhex(...))")
+    if raw is not None and not isinstance(raw, int):
+        try:
+            return bytes(memoryview(raw))  # type: ignore[arg-type]
+        except TypeError:
+            pass
+        if isinstance(raw, list | tuple):
+            try:
+                return bytes(raw)
+            except (TypeError, ValueError):
+                raise UsageError(f"{what} must hold byte values 0..255") from None
+    raise UsageError(f"{what} must be bytes, not {type(raw).__name__}")
+
+
 def parse_ccid_descriptor(raw: bytes) -> CCIDDescriptor:
     """Parse the 54-byte class descriptor; raise DescriptorError naming what was found."""
-    raw = bytes(raw)
+    raw = _as_bytes(raw, "the CCID descriptor")
     if len(raw) < 2:
         raise DescriptorError(f"CCID descriptor too short: {len(raw)} bytes, expected 54")
     if raw[0] != CCID_DESCRIPTOR_LENGTH:
@@ -207,9 +226,9 @@ def locate_ccid_descriptor(
     puts it there). Raises DescriptorError naming what was found instead.
     """
     found: list[str] = []
-    places = [bytes(interface_extra)]
+    places = [_as_bytes(interface_extra, "the interface's extra descriptors")]
     if endpoint_extras:
-        places.append(bytes(endpoint_extras[-1]))
+        places.append(_as_bytes(endpoint_extras[-1], "the endpoint's extra descriptors"))
     for place in places:
         descs, stopped = _walk(place)
         for desc in descs:
@@ -235,7 +254,9 @@ def _parse_dword_array(payload: bytes, declared: int | None) -> tuple[int, ...]:
     #   keep the garbage behind the zeros).
     # Entries outside dwDataRate..dwMaxDataRate are kept: many genuine tables exceed the
     # declared maximum, so only the caller can weigh them (e.g. against the card's Fi/Di).
-    payload = bytes(payload)
+    payload = _as_bytes(payload, "the class request answer")
+    if declared is not None and (isinstance(declared, bool) or not isinstance(declared, int)):
+        raise UsageError(f"declared must be None or an integer, not {declared!r}")
     if not payload or len(payload) % 4:
         return ()
     count = len(payload) // 4

@@ -64,9 +64,11 @@ __all__ = [
 ]
 
 # The framing twins' raw functions (int status, no enum wrapping): per-frame hot path.
-_check_reply_raw = framing._check_reply
+_reply_header = framing.reply_header
+_frame_size = framing.frame_size
 _build_frame_raw = framing.build_frame_raw
 _WRONG_SEQ = int(FrameStatus.WRONG_SEQ)
+_TIME_EXTENSION = int(CommandStatus.TIME_EXTENSION)
 
 #: Stale frames tolerated while waiting for one reply before giving up.
 DEFAULT_MAX_STALE = 8
@@ -275,10 +277,12 @@ class FrameAssembler:
 
         Bytes beyond the announced length in the same read are garbage: ProtocolError.
         """
-        if not self._buf and len(chunk) >= HEADER_SIZE:
-            size = framing.frame_size(chunk)
-            if size == len(chunk) and not (self.max_length and size > self.max_length):
-                return bytes(chunk)  # the common case: one read, one frame
+        if not self._buf:
+            n = len(chunk)
+            if n >= HEADER_SIZE and _frame_size(chunk) == n and not (
+                    self.max_length and n > self.max_length):
+                # The common case: one read, one frame.
+                return chunk if type(chunk) is bytes else bytes(chunk)
         self._buf += chunk
         size = framing.frame_size(self._buf)
         if size < 0:
@@ -471,8 +475,10 @@ class Engine:
         mismatch (the caller should resynchronise the reader) or after ``max_stale``
         stale frames in a row.
         """
-        status = _check_reply_raw(frame, pending.expect_type, pending.slot, pending.seq,
-                                  self.max_message_length)
+        # One framing call: the check, bStatus, bError and byte 9 together.
+        code = _reply_header(frame, pending.expect_type, pending.slot, pending.seq,
+                             self.max_message_length)
+        status = code & 0xFF
         if status == _WRONG_SEQ:
             pending.stale += 1
             if pending.stale > self.max_stale:
@@ -482,11 +488,11 @@ class Engine:
             return Discarded(f"stale frame with bSeq {frame[6]}", frame[6])
         if status:
             raise self._protocol(_STATUS_TEXT[FrameStatus(status)], frame, pending)
-        bstatus = frame[7]
-        if (bstatus >> 6) & 0x03 == CommandStatus.TIME_EXTENSION:
+        bstatus = (code >> 8) & 0xFF
+        if bstatus >> 6 == _TIME_EXTENSION:
             pending.extensions += 1
-            return TimeExtension(frame[8], pending.slot, pending.seq)
-        return Reply(frame[0], frame[5], frame[6], bstatus, frame[8], frame[9],
+            return TimeExtension((code >> 16) & 0xFF, pending.slot, pending.seq)
+        return Reply(frame[0], frame[5], frame[6], bstatus, (code >> 16) & 0xFF, code >> 24,
                      frame[HEADER_SIZE:])
 
     def _protocol(self, text: str, frame: bytes, pending: Pending) -> ProtocolError:

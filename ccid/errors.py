@@ -193,3 +193,21 @@ class SlotBusyError(SlotError):
 
 
 __all__ += ["SlotBusyError"]
+
+
+# --- appended by the quirks / pinpad work (issue 6) -----------------------------------
+
+
+class PinCancelledError(SlotError):
+    """The user pressed Cancel on the reader's pinpad (bError 0xEF, PIN_CANCELLED)."""
+
+    pcsc_code = "SCARD_W_CANCELLED_BY_USER"
+
+
+class PinTimeoutError(SlotError, TimeoutError):
+    """Nobody finished typing the PIN on the pinpad in time (bError 0xF0, PIN_TIMEOUT)."""
+
+    pcsc_code = "SCARD_E_TIMEOUT"
+
+
+__all__ += ["PinCancelledError", "PinTimeoutError"]

@@ -28,6 +28,7 @@ __all__ = [
     "join_chained",
     "lrc",
     "parse_header",
+    "reply_header",
     "split_extended",
 ]
 
@@ -93,6 +94,9 @@ build_frame_raw = _active.build_frame
 frame_size = _active.frame_size
 _check_reply = _active.check_reply
 lrc = _active.lrc
+#: (buf, expect_type, slot, seq, max_length) -> check status | bStatus << 8 | bError << 16
+#: | byte 9 << 24 in one call; ``code & 0xC0FF == 0`` is the complete, successful reply.
+reply_header = _active.reply_header
 crc16 = _active.crc16
 _build_t1 = _active.build_t1_block
 _check_t1 = _active.check_t1_block

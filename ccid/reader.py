@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
+import numbers
 import os
 import queue
 import re
@@ -39,6 +41,7 @@ from ccid.constants import (
     ICCStatus,
     LevelParameter,
     MechanicalFunction,
+    PINSupport,
     PowerSelect,
     SlotErrorCode,
     Voltage,
@@ -60,6 +63,8 @@ from ccid.errors import (
     CCIDError,
     DatabaseError,
     NoCardError,
+    PinCancelledError,
+    PinTimeoutError,
     ProtocolError,
     ReaderError,
     ReaderRemovedError,
@@ -70,6 +75,7 @@ from ccid.errors import (
     UnsupportedReaderError,
     UsageError,
 )
+from ccid.framing import reply_header as _reply_header
 from ccid.framing import split_extended
 from ccid.protocol.atr import ATR, parse_atr
 from ccid.protocol.params import (
@@ -82,10 +88,12 @@ from ccid.protocol.params import (
     t0_wwt_seconds,
     t1_bwt_seconds,
 )
+from ccid.protocol.t0 import T0Exchange
 from ccid.transport.usb import UsbInterface, UsbTransport, find_interfaces
 
 __all__ = [
     "Card",
+    "PinFormat",
     "Reader",
     "ReaderInfo",
     "SlotInfo",
@@ -100,7 +108,20 @@ try:  # wire trace: optional until its module lands
 
     _trace: Any = _trace_mod
 except ImportError:  # pragma: no cover
-    _trace = None
+    class _NoTrace:
+        enabled = False
+
+    _trace = _NoTrace()
+
+_monotonic = time.monotonic
+# Enum members as plain module constants: on Python 3.11 each ``Enum.MEMBER`` access costs
+# about 0.2 us, several times per APDU on the hot path.
+_SHORT_APDU = ExchangeLevel.SHORT_APDU
+_EXTENDED_APDU = ExchangeLevel.EXTENDED_APDU
+_CHARACTER = ExchangeLevel.CHARACTER
+_CHAIN_COMPLETE = int(ChainParameter.COMPLETE)
+_CHAIN_CONTINUE = int(ChainParameter.CONTINUE_REQUESTED)
+_CONTINUE_RESPONSE = int(LevelParameter.CONTINUE_RESPONSE)
 
 Mode = Literal["shared", "exclusive", "direct"]
 Disposition = Literal["leave", "reset", "unpower", "eject"]
@@ -117,19 +138,63 @@ CONTINUATION_WAIT = 0.5
 ABORT_WAIT = 1.0
 #: Short timeout for quirk escapes at open: a reader that never answers them must not hang us.
 QUIRK_ESCAPE_TIMEOUT = 1.0
+#: How long close() waits for calls in flight and the event thread before it leaves the
+#: release of the USB handle to a background thread.
+CLOSE_WAIT = 5.0
 
 _NO_SPAN = contextlib.nullcontext()
 _VIDPID = re.compile(r"^([0-9A-Fa-f]{4}):([0-9A-Fa-f]{4})$")
 
 
+# --- PIN blocks for the pinpad (PC_to_RDR_Secure) ---------------------------------------
+
+#: How the pinpad writes the typed digits into the APDU: ``"ascii"`` (one '0'..'9' byte per
+#: digit, 8-byte block), ``"bcd"`` (two digits per byte, 8-byte block) or ``"format2"``
+#: (ISO 9564 format 2: 0x2L, BCD digits, F padding, 8 bytes).
+PinFormat = Literal["ascii", "bcd", "format2"]
+
+
+@dataclass(frozen=True, slots=True)
+class _PinBlock:
+    #: bmFormatString, bmPINBlockString, bmPINLengthFormat (CCID 6.1.11.7).
+    format_string: int
+    block_string: int
+    length_format: int
+    #: The block's bytes before the PIN goes in (padding; format 2's control nibble).
+    filler: bytes
+    #: Most digits the block holds.
+    capacity: int
+
+
+PIN_FORMATS: dict[str, _PinBlock] = {
+    # byte units, PIN at byte 0, left justified, ASCII; 8-byte block, no length field
+    "ascii": _PinBlock(0x82, 0x08, 0x00, b"\xff" * 8, 8),
+    # byte units, PIN at byte 0, left justified, BCD
+    "bcd": _PinBlock(0x81, 0x08, 0x00, b"\xff" * 8, 16),
+    # byte units, PIN at byte 1, BCD; 4-bit length at bit 4 of the block, 7 bytes after it
+    "format2": _PinBlock(0x89, 0x47, 0x04, b"\x20" + b"\xff" * 7, 14),
+}
+#: PIN sizes used when neither the caller nor the reader's firmware says (ISO 9564: 4..12).
+DEFAULT_PIN_DIGITS = (4, 12)
+#: Message indexes of the usual pinpad prompts: enter PIN, new PIN, confirm new PIN.
+_MSG_ENTER, _MSG_NEW, _MSG_CONFIRM = 0, 1, 2
+
+
 # --- fork safety -----------------------------------------------------------------------
 
 _open_readers: weakref.WeakSet[Reader] = weakref.WeakSet()
-_registry: dict[str, weakref.ref[Reader]] = {}
+#: Readers open in this process, by (id of their pyusb backend, USB path): two backends
+#: (two virtual buses) may both have a ``1-1:1.0``; the libusb default backend is one
+#: object, so a real reader opened twice still conflicts.
+_registry: dict[tuple[int, str], weakref.ref[Reader]] = {}
 _registry_lock = threading.Lock()
 
 
 def _after_fork_in_child() -> None:
+    # A parent thread may have held the lock at fork(): the child starts with a free one
+    # (it is the only thread there, nothing else can hold it now).
+    global _registry_lock
+    _registry_lock = threading.Lock()
     # The child shares the parent's USB file descriptors: never touch them from here.
     for reader in list(_open_readers):
         reader._mark_inherited()
@@ -195,6 +260,9 @@ class SlotInfo:
 
 
 def _infos(backend: Any) -> list[ReaderInfo]:
+    if backend is not None and not callable(getattr(backend, "enumerate_devices", None)):
+        raise UsageError(f"backend must be a pyusb backend (usb.backend.IBackend, e.g. "
+                         f"ccid.testing.VirtualBackend), not {type(backend).__name__}")
     out: list[ReaderInfo] = []
     for index, intf in enumerate(find_interfaces(backend)):
         base = intf.base_name
@@ -264,7 +332,9 @@ def open_reader(selector: Any = None, backend: Any = None, **options: Any) -> Re
     ``events`` (start the slot monitor, default True), ``allow_bad_firmware``,
     ``check_tck`` (refuse ATRs with a bad TCK, default True), ``auto_get_response``
     (T=0: answer 61xx/6Cxx automatically, default True), ``ifsd`` (T=1, default the
-    reader's maximum up to 254), ``quirks`` (apply the database's quirks, default True).
+    reader's maximum up to 254), ``quirks`` (apply the database's quirks, default True),
+    ``open_timeout`` (wait for each reply while opening, default 5 s; quirks of readers
+    known to be slow at plug-in multiply it, for the open only).
     """
     info = _select(_infos(backend), selector)
     return Reader._open(info, options)
@@ -274,7 +344,7 @@ def open_reader(selector: Any = None, backend: Any = None, **options: Any) -> Re
 
 
 def _quirks_for(vid: int, pid: int, bcd_device: int, interface: int,
-                atr: bytes | None = None) -> list[Any]:
+                atr: bytes | None = None, interface_protocol: int | None = None) -> list[Any]:
     try:
         from ccid import database
     except ImportError:
@@ -283,11 +353,29 @@ def _quirks_for(vid: int, pid: int, bcd_device: int, interface: int,
     if finder is None:
         return []
     try:
-        return list(finder(vid, pid, bcd_device=bcd_device, interface=interface, atr=atr))
+        return list(finder(vid, pid, bcd_device=bcd_device, interface=interface,
+                           interface_protocol=interface_protocol, atr=atr))
     except DatabaseError as exc:
         # A broken database must not make every reader unusable: open without quirks.
         log.warning("reader database unavailable, no quirks applied: %s", exc)
         return []
+
+
+def _interface_protocol(info: ReaderInfo) -> int | None:
+    """bInterfaceProtocol of the reader's interface (0 CCID, 1 ICCD-A, 2 ICCD-B), read from
+    the cached USB descriptors; None when the device does not say."""
+    intf = info._interface
+    try:
+        for cfg in intf.device:
+            if getattr(cfg, "bConfigurationValue", intf.configuration) != intf.configuration:
+                continue
+            for alt in cfg:
+                if alt.bInterfaceNumber == intf.interface and alt.bAlternateSetting == 0:
+                    return int(alt.bInterfaceProtocol)
+    except (OSError, TypeError, AttributeError, ValueError):
+        # usb.core.USBError is an OSError: no descriptor, no interface-protocol quirks.
+        return None
+    return None
 
 
 class _QuirkContext:
@@ -355,6 +443,22 @@ class _Slot:
         self.t1 = None
         self.wait = MIN_WAIT
 
+    def card_gone(self) -> None:
+        """The card left or changed, seen from another thread (``state_lock`` held).
+
+        An exchange holding ``lock`` keeps the protocol state it is using (T=1 sequence
+        numbers, protocol, waits): tearing it down under it would crash it. The slot is
+        marked unpowered instead; the generation (bumped by the caller) makes every handle
+        refuse, and the next power-on starts afresh.
+        """
+        if self.lock.acquire(blocking=False):
+            try:
+                self.forget_card()
+            finally:
+                self.lock.release()
+        else:
+            self.powered = False
+
 
 # --- the reader ------------------------------------------------------------------------
 
@@ -362,23 +466,44 @@ class _Slot:
 class Reader:
     """An open CCID reader interface. Use :func:`open_reader`; close it (or use ``with``)."""
 
+    # The exchange level of ``descriptor`` (a computed property), cached per descriptor
+    # object for the per-APDU path; a quirk that replaces the descriptor is seen at once.
+    _level_of: CCIDDescriptor | None = None
+    _level: ExchangeLevel = ExchangeLevel.TPDU
+
     def __init__(self, info: ReaderInfo, options: dict[str, Any]) -> None:
         self.info = info
         self.name = info.name
         unknown = set(options) - _OPTIONS
         if unknown:
             raise UsageError(f"unknown open_reader option(s): {', '.join(sorted(unknown))}; "
-                             f"known: {', '.join(sorted(_OPTIONS))}")
-        self.timeout = float(options.get("timeout", DEFAULT_CEILING))
-        if self.timeout <= 0:
-            raise UsageError(f"timeout must be positive, got {self.timeout}")
-        self.poll_interval = float(options.get("poll_interval", 0.5))
-        self.check_tck = bool(options.get("check_tck", True))
-        self.auto_get_response = bool(options.get("auto_get_response", True))
-        self._ifsd_option: int | None = options.get("ifsd")
-        self._allow_bad_firmware = bool(options.get("allow_bad_firmware", False))
-        self._use_quirks = bool(options.get("quirks", True))
-        self._want_events = bool(options.get("events", True))
+                             f"known: {', '.join(sorted(_OPTIONS))}", reader=self.name)
+        name = self.name
+        self.timeout = _as_seconds(options.get("timeout", DEFAULT_CEILING), "timeout", name)
+        self.poll_interval = _as_seconds(options.get("poll_interval", 0.5), "poll_interval",
+                                         name)
+        self.check_tck = _as_flag(options.get("check_tck", True), "check_tck", name)
+        self.auto_get_response = _as_flag(options.get("auto_get_response", True),
+                                          "auto_get_response", name)
+        ifsd = options.get("ifsd")
+        if ifsd is not None and (isinstance(ifsd, bool) or not isinstance(ifsd, int)
+                                 or not 1 <= ifsd <= 254):
+            raise UsageError(f"ifsd must be None or an integer 1..254, not {ifsd!r}",
+                             reader=name)
+        self._ifsd_option: int | None = ifsd
+        self._allow_bad_firmware = _as_flag(options.get("allow_bad_firmware", False),
+                                            "allow_bad_firmware", name)
+        self._use_quirks = _as_flag(options.get("quirks", True), "quirks", name)
+        self._want_events = _as_flag(options.get("events", True), "events", name)
+        self._open_timeout = _as_seconds(options.get("open_timeout", READER_WAIT),
+                                         "open_timeout", name)
+        #: bInterfaceProtocol of the interface (quirks may depend on it), once open.
+        self.interface_protocol: int | None = None
+        #: Quirk ids that turned the declared pinpad off (bPINSupport), for error messages.
+        self._pinpad_quirks: list[str] = []
+        #: Per-slot data rates (GET_DATA_RATES after each slot's quirks); slot 0's are
+        #: ``data_rates``.
+        self.slot_data_rates: tuple[tuple[int, ...], ...] = ()
         self.descriptor: CCIDDescriptor = info.descriptor
         self.data_rates: tuple[int, ...] = ()
         self.clock_frequencies: tuple[int, ...] = ()
@@ -391,7 +516,7 @@ class Reader:
         self._removed = False
         self._transport: UsbTransport | None = None
         self._monitor: Any = None
-        self._registry_key: str | None = None
+        self._registry_key: tuple[int, str] | None = None
         self._event_queue: queue.Queue[Any] = queue.Queue()
         self._slots = [_Slot(i, n) for i, n in enumerate(info.slot_names)]
         self._engine = Engine(max_message_length=0, reader_name=self.name,
@@ -406,6 +531,10 @@ class Reader:
         # One outstanding command at a time (the common case): a plain lock, no routing.
         self._serial = True
         self._busy: Any = threading.Lock()
+        #: Permits of ``_busy``: close() takes them all to know no transfer is in flight.
+        self._busy_width = 1
+        self._close_lock = threading.Lock()
+        self._closing = False
         self._assembler = FrameAssembler()
         self._open_wait = READER_WAIT
 
@@ -422,7 +551,9 @@ class Reader:
         return reader
 
     def _do_open(self) -> None:
-        key = f"{self.info.usb_path}"
+        device = self.info._interface.device
+        backend = getattr(device, "backend", None) if device is not None else None
+        key = (id(backend), self.info.usb_path)
         with _registry_lock:
             held = _registry.get(key)
             if held is not None and held() is not None and not held()._closed:  # type: ignore[union-attr]
@@ -432,20 +563,26 @@ class Reader:
             _registry[key] = weakref.ref(self)
             self._registry_key = key
         _open_readers.add(self)
+        self.interface_protocol = _interface_protocol(self.info)
         if self._use_quirks:
             self.quirks = _quirks_for(self.info.vid, self.info.pid, self.info.bcd_device,
-                                      self.info.interface)
+                                      self.info.interface,
+                                      interface_protocol=self.interface_protocol)
         self._check_firmware()
         desc = self.descriptor
         for quirk in self._hooks("adjust_descriptor"):
+            before = desc.bPINSupport
             desc = quirk.adjust_descriptor(desc)
+            if before and not desc.bPINSupport:
+                self._pinpad_quirks.append(str(getattr(quirk, "id", quirk)))
         self.descriptor = desc
         self._engine.max_message_length = desc.dwMaxCCIDMessageLength or 0
         self._assembler = FrameAssembler(self._engine.max_message_length)
         busy = max(1, min(desc.bMaxCCIDBusySlots or 1, len(self._slots)))
         self._serial = busy == 1
         self._busy = threading.Lock() if busy == 1 else threading.BoundedSemaphore(busy)
-        wait = READER_WAIT
+        self._busy_width = busy
+        wait = self._open_timeout
         for quirk in self._hooks("open_timeout"):
             wait = float(quirk.open_timeout(wait))
         self._open_wait = wait
@@ -513,8 +650,15 @@ class Reader:
                 if isinstance(exc, ReaderRemovedError | SharingViolationError):
                     raise
                 log.info("%s: GET_CLOCK_FREQUENCIES failed (%s)", self.name, exc)
-        for quirk in self._hooks("adjust_data_rates"):
-            self.data_rates = tuple(quirk.adjust_data_rates(self.data_rates))
+        # Some readers run other rates on their secondary slots: one list per slot.
+        per_slot = []
+        for index in range(len(self._slots)):
+            rates = self.data_rates
+            for quirk in self._hooks("adjust_data_rates"):
+                rates = tuple(quirk.adjust_data_rates(rates, slot=index))
+            per_slot.append(rates)
+        self.slot_data_rates = tuple(per_slot)
+        self.data_rates = per_slot[0] if per_slot else self.data_rates
 
     def report(self) -> Any:
         """What ``ccid parse`` prints: the descriptor as declared (before quirks) and the
@@ -629,7 +773,8 @@ class Reader:
         if not self._use_quirks:
             return []
         return _quirks_for(self.info.vid, self.info.pid, self.info.bcd_device,
-                           self.info.interface, atr=bytes(atr))
+                           self.info.interface, atr=bytes(atr),
+                           interface_protocol=self.interface_protocol)
 
     def _warn(self, message: str) -> None:
         self.warnings.append(message)
@@ -662,27 +807,70 @@ class Reader:
         return self._closed
 
     def close(self) -> None:
-        """Stop the monitor, release the interface and every resource. Safe to repeat."""
+        """Stop the monitor, release the interface and every resource. Safe to repeat.
+
+        Calls made after close() raise UsageError. Calls in flight in other threads end at
+        their next transfer; the USB handle is released only once no transfer is running
+        (neither theirs nor the event thread's). close() waits up to ``CLOSE_WAIT``
+        seconds for that, then leaves the release to a background thread that waits for
+        the last transfer (bounded by that call's own time ceiling).
+        """
         if self._inherited or self._pid != os.getpid():
             self._closed = True
             return
-        self._closed = True
+        with self._close_lock:
+            if self._closing:
+                return
+            self._closing = True
+        self._closed = True  # new calls refuse from here on; calls in flight stop soon
+        deadline = _monotonic() + CLOSE_WAIT
         monitor, self._monitor = self._monitor, None
+        monitor_done = True
         if monitor is not None:
-            with contextlib.suppress(Exception):
-                monitor.stop()
-        transport, self._transport = self._transport, None
-        if transport is not None:
-            transport.close()
-        with _registry_lock:
-            if self._registry_key is not None:
-                ref = _registry.get(self._registry_key)
-                if ref is not None and ref() in (self, None):
-                    del _registry[self._registry_key]
-                self._registry_key = None
-        _open_readers.discard(self)
+            try:
+                monitor_done = monitor.stop(CLOSE_WAIT) is not False
+            except Exception:  # a monitor that cannot stop must not keep the handle open
+                log.exception("%s: stopping the slot monitor failed", self.name)
         with self._rx:
             self._rx.notify_all()
+        held = 0
+        busy = self._busy
+        while held < self._busy_width:
+            if not busy.acquire(timeout=max(0.0, deadline - _monotonic())):
+                break
+            held += 1
+        if monitor_done and held == self._busy_width:
+            self._finish_close(held, None)
+            return
+        log.info("%s: close() leaves the release of the USB handle to a background thread "
+                 "until the transfer in flight ends", self.name)
+        threading.Thread(target=self._finish_close, args=(held, monitor), daemon=True,
+                         name=f"ccid-close {self.name}").start()
+
+    def _finish_close(self, held: int, monitor: Any) -> None:
+        """Release the USB handle once no transfer runs; ``held``: busy permits taken."""
+        busy = self._busy
+        try:
+            if monitor is not None:
+                monitor.join()
+            while held < self._busy_width:
+                busy.acquire()
+                held += 1
+            transport, self._transport = self._transport, None
+            if transport is not None:
+                transport.close()
+        finally:
+            for _ in range(held):
+                busy.release()
+            with _registry_lock:
+                if self._registry_key is not None:
+                    ref = _registry.get(self._registry_key)
+                    if ref is not None and ref() in (self, None):
+                        del _registry[self._registry_key]
+                    self._registry_key = None
+            _open_readers.discard(self)
+            with self._rx:
+                self._rx.notify_all()
 
     def _mark_inherited(self) -> None:
         self._inherited = True
@@ -730,10 +918,14 @@ class Reader:
         out = []
         for s in self._slots:
             with s.state_lock:
+                # A card that left while an exchange held its slot keeps its state until
+                # that exchange ends (see _Slot.card_gone): not shown as current.
+                atr = s.atr if s.powered else None
+                protocol = s.protocol if s.powered else None
                 out.append(SlotInfo(
                     s.index, s.name, s.present, s.powered,
-                    None if s.atr is None else bytes(s.atr),
-                    None if s.protocol is None else f"T={s.protocol}", s.generation))
+                    None if atr is None else bytes(atr),
+                    None if protocol is None else f"T={protocol}", s.generation))
         return tuple(out)
 
     @property
@@ -755,7 +947,8 @@ class Reader:
 
     def _slot(self, slot: int) -> _Slot:
         self._check_usable()
-        if not isinstance(slot, int) or not 0 <= slot < len(self._slots):
+        if isinstance(slot, bool) or not isinstance(slot, int) or \
+                not 0 <= slot < len(self._slots):
             raise UsageError(f"slot {slot!r} does not exist (the reader has "
                              f"{len(self._slots)})", reader=self.name)
         return self._slots[slot]
@@ -786,16 +979,53 @@ class Reader:
             if removed:
                 s.presence += 1
                 s.generation += 1
-                s.forget_card()
+                s.card_gone()
                 queued.append(ev.CardRemoved(self.name, slot))
             if inserted:
                 s.presence += 1
                 s.generation += 1
-                s.forget_card()
+                s.card_gone()
                 queued.append(ev.CardInserted(self.name, slot))
             s.present = present
         for item in queued:
             self._event_queue.put(item)
+
+    def _card_changed(self, s: _Slot, generation: int, presence: int,
+                      exc: CCIDError) -> CardError | None:
+        """After an exchange failed the way a removed or swapped card makes it fail: the
+        CardRemovedError / CardResetError to raise instead, else None (slot lock held).
+
+        The slot's counters tell when the event thread saw the change; otherwise the
+        reader is asked (GetSlotStatus): a card absent or no longer powered was removed
+        or swapped (or reset) under the exchange.
+        """
+        why = f" ({exc.message})"
+        if s.presence == presence and s.generation == generation and not (
+                self._closed or self._removed):
+            try:
+                reply = self._command(self._engine.get_slot_status(s.index), wait=1.0,
+                                      ceiling=2.0, check=False)
+            except CCIDError:
+                return None
+            status = reply.icc_status
+            if status == ICCStatus.ABSENT:
+                self._notify_slot(s.index, False, True)
+            elif status == ICCStatus.INACTIVE:
+                with s.state_lock:
+                    s.generation += 1
+                    s.forget_card()
+                return CardResetError(f"the card is no longer powered{why}; call reconnect()",
+                                      reader=self.name, slot=s.index)
+        with s.state_lock:
+            if not s.powered:  # torn down only now that the exchange is over (card_gone)
+                s.forget_card()
+        if s.presence != presence:
+            return CardRemovedError(f"the card was removed during the exchange{why}; "
+                                    "connect again", reader=self.name, slot=s.index)
+        if s.generation != generation:
+            return CardResetError(f"the card was reset or powered off during the exchange"
+                                  f"{why}; call reconnect()", reader=self.name, slot=s.index)
+        return None
 
     def _notify_hardware_error(self, slot: int, seq: int, code: int) -> None:
         from ccid import events as ev
@@ -812,7 +1042,7 @@ class Reader:
             with s.state_lock:
                 s.generation += 1
                 s.presence += 1
-                s.forget_card()
+                s.card_gone()
         self._event_queue.put(ev.ReaderRemoved(self.name))
 
     def _poll_slot(self, slot: int) -> ICCStatus:
@@ -820,6 +1050,11 @@ class Reader:
         s = self._slot(slot)
         if not s.lock.acquire(timeout=0.05):
             raise SharingViolationError("slot busy", reader=self.name, slot=slot)
+        if self._serial and self._busy.locked():
+            # Another slot holds the reader for a whole APDU exchange (_hold): look again
+            # at the next poll rather than wait behind it.
+            s.lock.release()
+            raise SharingViolationError("reader busy", reader=self.name, slot=slot)
         try:
             reply = self._command(self._engine.get_slot_status(slot), wait=READER_WAIT,
                                   ceiling=READER_WAIT * 2, check=False)
@@ -831,6 +1066,8 @@ class Reader:
         """The next card event (CardInserted, CardRemoved, ...), or None after ``timeout``."""
         if self._inherited or self._pid != os.getpid():
             self._check_usable()
+        if timeout is not None:
+            timeout = _as_seconds(timeout, "timeout", self.name, zero=True)
         try:
             return self._event_queue.get(timeout=timeout)
         except queue.Empty:
@@ -858,14 +1095,20 @@ class Reader:
         ``ceiling`` bounds the whole call, time extensions included. On timeout the
         command is aborted (class ABORT + PC_to_RDR_Abort) and ReaderTimeoutError raised.
         """
+        reply: Reply = self._send(pending, wait, ceiling, check, False)
+        return reply
+
+    def _send(self, pending: Pending, wait: float, ceiling: float, check: bool,
+              raw: bool) -> Any:
+        """:meth:`_command`; ``raw``: return a successful reply as its frame (no Reply)."""
         transport = self._transport
         if transport is None or self._closed or self._removed or self._inherited:
             transport = self._live_transport()
         if not _AT_FORK and self._pid != os.getpid():
             self._check_usable()
-        deadline = time.monotonic() + ceiling
+        deadline = _monotonic() + ceiling
         busy = self._busy
-        if not busy.acquire(timeout=ceiling):
+        if not busy.acquire(False) and not busy.acquire(timeout=ceiling):
             raise ReaderTimeoutError(
                 f"the reader stayed busy with other slots for {ceiling:.1f} s",
                 reader=self.name, slot=pending.slot)
@@ -875,12 +1118,12 @@ class Reader:
             write_timeout = min(ceiling, max(wait, 0.5))
             if self._serial:
                 self._write(transport, pending.frame, write_timeout)
-                return self._await(pending, wait, deadline, check)
+                return self._await(pending, wait, deadline, ceiling, check, raw)
             with self._rx:
                 self._outstanding.add(pending.seq)
             try:
                 self._write(transport, pending.frame, write_timeout)
-                return self._await(pending, wait, deadline, check)
+                return self._await(pending, wait, deadline, ceiling, check, raw)
             finally:
                 with self._rx:
                     self._outstanding.discard(pending.seq)
@@ -906,12 +1149,13 @@ class Reader:
             with self._write_lock:
                 transport.write(frame, timeout)
 
-    def _await(self, pending: Pending, wait: float, deadline: float, check: bool) -> Reply:
-        ceiling = deadline - time.monotonic()
+    def _await(self, pending: Pending, wait: float, deadline: float, ceiling: float,
+               check: bool, raw: bool = False) -> Any:
         multiplier = 1
         serial = self._serial
+        engine = self._engine
         while True:
-            now = time.monotonic()
+            now = _monotonic()
             remaining = deadline - now
             if remaining <= 0:
                 self._abort(pending)
@@ -919,14 +1163,16 @@ class Reader:
                     f"no answer within the call's ceiling of {ceiling:.1f} s "
                     f"({pending.extensions} time extensions); the command was aborted",
                     reader=self.name, slot=pending.slot)
-            this_wait = min(wait * multiplier, remaining)
+            this_wait = wait * multiplier
+            if this_wait > remaining:
+                this_wait = remaining
             try:
                 if serial:
-                    frame = self._read_frame(now + this_wait)
+                    frame = self._read_serial(now + this_wait, this_wait)
                 else:
                     frame = self._receive(pending.seq, this_wait)
             except ReaderTimeoutError:
-                if time.monotonic() < deadline and this_wait < remaining:
+                if _monotonic() < deadline and this_wait < remaining:
                     self._abort(pending)
                     raise ReaderTimeoutError(
                         f"the reader did not answer within {this_wait:.1f} s; the command "
@@ -935,15 +1181,19 @@ class Reader:
             except ProtocolError:
                 self._recover()
                 raise
+            # The common case first: the complete, successful reply to this command.
+            if raw and not _reply_header(frame, pending.expect_type, pending.slot,
+                                         pending.seq, engine.max_message_length) & 0xC0FF:
+                return frame  # status OK and bmCommandStatus 0
             try:
-                event = self._engine.receive(frame, pending)
+                event = engine.receive(frame, pending)
             except ProtocolError:
                 self._recover()
                 raise
             if isinstance(event, Reply):
                 if check and event.bStatus & 0xC0:
-                    raise self._engine.error_for(event, pending)
-                return event
+                    raise engine.error_for(event, pending)
+                return frame if raw else event
             if isinstance(event, Discarded):
                 continue
             multiplier = max(1, event.multiplier)
@@ -979,12 +1229,38 @@ class Reader:
                 self._rx_busy = False
                 self._rx.notify_all()
 
-    def _read_frame(self, end: float) -> bytes:
-        transport = self._live_transport()
+    def _read_serial(self, end: float, wait: float) -> bytes:
+        """:meth:`_read_frame` with its common case first: one read, one whole frame."""
+        transport = self._transport
         assembler = self._assembler
-        stalls = 0
+        if transport is None or self._closed or self._removed or self._inherited or \
+                assembler.pending_bytes:
+            return self._read_frame(end)
+        try:
+            frame = assembler.feed(transport.read(wait))
+        except (ReaderTimeoutError, TransportError):
+            assembler.reset()
+            raise
+        except ProtocolError as exc:
+            raise ProtocolError(exc.message, reader=self.name) from None
+        except ReaderError:
+            # A stalled bulk-IN: the transport cleared the halt; the reply may still be
+            # there, so read once more before giving up.
+            assembler.reset()
+            return self._read_frame(end, stalls=1)
+        if frame is None:  # the frame spans several transfers
+            return self._read_frame(end)
+        if _trace.enabled:
+            transport.trace_in(frame)
+        return frame
+
+    def _read_frame(self, end: float, stalls: int = 0) -> bytes:
+        transport = self._transport
+        if transport is None or self._closed or self._removed or self._inherited:
+            transport = self._live_transport()
+        assembler = self._assembler
         while True:
-            left = end - time.monotonic()
+            left = end - _monotonic()
             partial = assembler.pending_bytes
             if partial:
                 # The rest of a frame follows at once on a healthy bus: do not wait a
@@ -1017,7 +1293,8 @@ class Reader:
             except ProtocolError as exc:
                 raise ProtocolError(exc.message, reader=self.name) from None
             if frame is not None:
-                transport.trace_in(frame)
+                if _trace.enabled:
+                    transport.trace_in(frame)
                 return frame
 
     def _abort(self, pending: Pending) -> None:
@@ -1079,6 +1356,10 @@ class Reader:
         self._assembler.reset()
 
     def _lost(self) -> None:
+        if self._closed:
+            # The transport was released by close() while this call was on its way to
+            # it: the caller closed the reader, it was not unplugged.
+            raise UsageError("the reader is closed", reader=self.name)
         if not self._removed:
             self._notify_removed()
 
@@ -1087,12 +1368,82 @@ class Reader:
     def escape(self, data: bytes, slot: int = 0, *, timeout: float | None = None) -> bytes:
         """PC_to_RDR_Escape: a vendor command to the reader; returns its answer."""
         s = self._slot(slot)
-        ceiling = self.timeout if timeout is None else float(timeout)
+        data = _as_bytes(data, "escape data", self.name, slot)
+        ceiling = self.timeout if timeout is None else _as_seconds(timeout, "timeout",
+                                                                   self.name, slot)
         wait = min(ceiling, max(self._open_wait, READER_WAIT))
         with s.lock:
-            reply = self._command(self._engine.escape(slot, bytes(data)), wait=wait,
+            reply = self._command(self._engine.escape(slot, data), wait=wait,
                                   ceiling=ceiling)
         return reply.data
+
+    # --- pinpad ----------------------------------------------------------------------
+
+    @property
+    def pin_support(self) -> PINSupport:
+        """PIN verification / modification on the reader's pinpad (after quirks)."""
+        return PINSupport(self.descriptor.bPINSupport & 0x03)
+
+    @property
+    def firmware_features(self) -> Any:
+        """What the firmware said of itself (Gemalto GET_FIRMWARE_FEATURES), or None."""
+        from ccid.quirks.gemalto import GemaltoFirmwareFeatures
+
+        return self.quirk_state.get(GemaltoFirmwareFeatures.state_key)
+
+    def _require_pinpad(self, needed: PINSupport, slot: int) -> None:
+        if self.pin_support & needed:
+            return
+        what = "verification" if needed == PINSupport.VERIFY else "modification"
+        if self._pinpad_quirks:
+            reason = (f"the reader declares a pinpad (bPINSupport "
+                      f"0x{self.info.descriptor.bPINSupport:02X}) but quirk "
+                      f"{', '.join(self._pinpad_quirks)} turns it off: it is absent or "
+                      "unsafe on this model")
+        else:
+            reason = (f"the reader has no PIN {what} on a pinpad (bPINSupport "
+                      f"0x{self.descriptor.bPINSupport:02X})")
+        raise UsageError(f"{reason}; ask for the PIN on the host and send VERIFY / CHANGE "
+                         "REFERENCE DATA with transmit()", reader=self.name, slot=slot)
+
+    def _pin_digits(self, block: _PinBlock, low: int | None, high: int | None
+                    ) -> tuple[int, int]:
+        features = self.firmware_features
+        fw_low = getattr(features, "min_pin_size", 0) or None
+        fw_high = getattr(features, "max_pin_size", 0) or None
+        lo_default = fw_low or DEFAULT_PIN_DIGITS[0]
+        hi_default = min(fw_high or DEFAULT_PIN_DIGITS[1], block.capacity)
+        # A bound the caller gives moves the other default out of its way.
+        lo = low if low is not None else (
+            lo_default if high is None else min(lo_default, high))
+        hi = high if high is not None else (
+            hi_default if low is None else max(hi_default, low))
+        if not 1 <= lo <= hi <= min(block.capacity, 0xFF):
+            raise UsageError(f"PIN size {lo}..{hi} is not possible: 1 <= min <= max <= "
+                             f"{block.capacity} digits for this PIN format", reader=self.name)
+        return lo, hi
+
+    def _secure(self, s: _Slot, payload: bytes, timeout: float) -> bytes:
+        """Send PC_to_RDR_Secure and return the card's response (slot lock held)."""
+        for quirk in self._hooks("adjust_pin_structure"):
+            payload = bytes(quirk.adjust_pin_structure(payload))
+        wait = timeout + READER_WAIT
+        try:
+            reply = self._command(self._engine.secure(s.index, payload), wait=wait,
+                                  ceiling=wait + READER_WAIT)
+        except SlotError as exc:
+            kind: type[SlotError]
+            if exc.bError == SlotErrorCode.PIN_CANCELLED:
+                kind = PinCancelledError
+            elif exc.bError == SlotErrorCode.PIN_TIMEOUT:
+                kind = PinTimeoutError
+            else:
+                raise
+            text = ("PIN entry cancelled on the pinpad" if kind is PinCancelledError
+                    else f"PIN entry not finished on the pinpad within {timeout:g} s")
+            raise kind(f"{text} ({exc.message})", bStatus=exc.bStatus, bError=exc.bError,
+                       reader=self.name, slot=s.index) from exc
+        return bytes(reply.data)
 
     # --- connecting -------------------------------------------------------------------
 
@@ -1104,11 +1455,13 @@ class Reader:
         (other handles may use the card between our APDUs), "exclusive" (no other
         handle), "direct" (no card needed; escape and control only).
         """
-        if mode not in ("shared", "exclusive", "direct"):
-            raise UsageError(f"mode must be 'shared', 'exclusive' or 'direct', not {mode!r}")
-        wanted = _protocol_number(protocol)
         s = self._slot(slot)
-        ceiling = self.timeout if timeout is None else float(timeout)
+        if mode not in ("shared", "exclusive", "direct"):
+            raise UsageError(f"mode must be 'shared', 'exclusive' or 'direct', not {mode!r}",
+                             reader=self.name, slot=s.index)
+        wanted = _protocol_number(protocol, self.name, s.index)
+        ceiling = self.timeout if timeout is None else _as_seconds(timeout, "timeout",
+                                                                   self.name, s.index)
         # Refuse at once, before waiting for the slot lock: an exclusive connect while
         # another thread runs a transaction is a sharing violation, not a wait (pcsc-lite).
         self._claim(s, mode)
@@ -1152,7 +1505,15 @@ class Reader:
     def _power_up(self, s: _Slot, wanted: int | None, ceiling: float) -> None:
         """Power on (cold), read the ATR, choose the protocol, PPS, SetParameters, IFSD."""
         raw = self._power_on(s, ceiling)
-        self._setup_protocol(s, raw, wanted, ceiling)
+        try:
+            self._setup_protocol(s, raw, wanted, ceiling)
+        except BaseException:
+            # A card left without agreed parameters is not usable: the next connect
+            # powers it again rather than adopting it half set up.
+            with s.state_lock:
+                s.generation += 1
+                s.forget_card()
+            raise
 
     def _voltages(self) -> list[PowerSelect]:
         desc = self.descriptor
@@ -1215,6 +1576,9 @@ class Reader:
                         ceiling: float) -> None:
         atr = parse_atr(raw, check_tck=self.check_tck)
         desc = self.descriptor
+        # Card-dependent quirks (matched on the ATR) join the reader's own for every
+        # protocol set-up hook below.
+        card_quirks = [q for q in self._card_quirks(raw) if q not in self.quirks]
         reader_protocols = [p for p in (0, 1) if desc.dwProtocols & (1 << p)] or [0, 1]
         offered = [p for p in atr.protocols if p in (0, 1)]
         if not offered:
@@ -1240,21 +1604,33 @@ class Reader:
                             slot=s.index, pcsc_code="SCARD_E_PROTO_MISMATCH")
         clock = desc.dwDefaultClock or 4000
         max_rate = desc.dwMaxDataRate
-        for quirk in self._hooks("max_data_rate"):
+        for quirk in self._hooks("max_data_rate", card_quirks):
             max_rate = int(quirk.max_data_rate(max_rate, slot=s.index))
+        rates = self.slot_data_rates[s.index] if s.index < len(self.slot_data_rates) else (
+            self.data_rates)
         fi_di: int | None = None
         if atr.specific_mode:
             fi_di = None  # the card already runs at its parameters
         else:
-            best, _bps = choose_fi_di(atr, clock_khz=clock, data_rates=self.data_rates,
+            best, _bps = choose_fi_di(atr, clock_khz=clock, data_rates=rates,
                                       max_data_rate=max_rate)
             auto_pps = desc.dwFeatures & (Features.AUTO_PPS_PROPRIETARY |
                                           Features.AUTO_PPS_CURRENT)
             skip = False
-            for quirk in self._hooks("skip_pps"):
+            for quirk in self._hooks("skip_pps", card_quirks):
                 skip = bool(quirk.skip_pps(skip))
             tpdu = desc.exchange_level in (ExchangeLevel.TPDU, ExchangeLevel.CHARACTER)
             needs_pps = protocol != atr.first_protocol or best != DEFAULT_FI_DI
+            if skip and tpdu and not auto_pps and protocol != atr.first_protocol:
+                # Only a PPS selects another protocol than the card's first one (ISO/IEC
+                # 7816-3 9.1); this reader must not get one.
+                names = ", ".join(q.id for q in self._hooks("skip_pps", card_quirks)
+                                  if q.skip_pps(False))
+                raise CardError(
+                    f"T={protocol} needs a PPS (the card starts in T={atr.first_protocol}) "
+                    f"and this reader cannot send one (quirk {names}); connect with "
+                    f"T={atr.first_protocol}", reader=self.name, slot=s.index,
+                    pcsc_code="SCARD_E_PROTO_MISMATCH")
             if auto_pps:
                 fi_di = best  # the reader negotiates with what SetParameters says
             elif skip or not tpdu or not needs_pps:
@@ -1262,8 +1638,7 @@ class Reader:
             else:
                 fi_di = self._pps(s, atr, protocol, best, ceiling)
         params = parameters_from_atr(atr, protocol, fi_di)
-        # Card-dependent quirks (matched on the ATR) join the reader's own.
-        card_quirks = [q for q in self._card_quirks(raw) if q not in self.quirks]
+        bwi = atr.bwi
         if protocol == 1:
             bwi = (params.to_bytes()[3] >> 4) & 0x0F
             for quirk in self._hooks("adjust_bwi", card_quirks):
@@ -1279,7 +1654,8 @@ class Reader:
                               wait=READER_WAIT, ceiling=min(ceiling, READER_WAIT * 2))
             except SlotError as exc:
                 tolerate = any(q.tolerate_set_parameters_failure()
-                               for q in self._hooks("tolerate_set_parameters_failure"))
+                               for q in self._hooks("tolerate_set_parameters_failure",
+                                                    card_quirks))
                 if not tolerate:
                     raise
                 self._warn(f"SetParameters failed ({exc.message}); reader defaults kept")
@@ -1287,15 +1663,19 @@ class Reader:
             s.atr = atr
             s.protocol = protocol
             s.fi_di = fi_di
-            s.wait = self._card_wait(atr, protocol, fi_di, clock, raw, card_quirks)
+            s.wait = self._card_wait(atr, protocol, fi_di, clock, raw, card_quirks, bwi)
         if protocol == 1:
-            self._setup_t1(s, atr, ceiling)
+            self._setup_t1(s, atr, ceiling, card_quirks)
 
     def _card_wait(self, atr: ATR, protocol: int, fi_di: int | None, clock: int,
-                   raw: bytes, card_quirks: list[Any]) -> float:
+                   raw: bytes, card_quirks: list[Any], bwi: int | None = None) -> float:
         try:
             if protocol == 1:
                 card = t1_bwt_seconds(atr, clock, fi_di)
+                if bwi is not None and bwi > atr.bwi:
+                    # A quirk raised the BWI sent to the reader: wait as long as it does.
+                    grow = (1 << min(bwi, 9)) - (1 << min(atr.bwi, 9))
+                    card += grow * 960 * 372 / (clock * 1000.0)
             else:
                 card = t0_wwt_seconds(atr, clock, fi_di)
         except UsageError:  # RFU Fi/Di: keep the floor
@@ -1321,11 +1701,14 @@ class Reader:
                 log.info("%s: ATR changed after reset", self.name)
             return None
 
-    def _setup_t1(self, s: _Slot, atr: ATR, ceiling: float) -> None:
+    def _setup_t1(self, s: _Slot, atr: ATR, ceiling: float,
+                  card_quirks: list[Any] | None = None) -> None:
         from ccid.protocol.t1 import T1Protocol
 
         desc = self.descriptor
-        ifsd_max = min(254, desc.dwMaxIFSD or 254)
+        # dwMaxIFSD 0 announces no room beyond the T=1 default: stay at IFSD 32 (a
+        # request for IFSD 0 would be invalid, ISO/IEC 7816-3 11.4.2).
+        ifsd_max = min(254, desc.dwMaxIFSD or 32)
         ifsd = self._ifsd_option or ifsd_max
         ifsd = max(1, min(int(ifsd), ifsd_max))
         t1 = T1Protocol(ifsc=atr.ifsc, ifsd=32, crc=atr.edc == "crc")
@@ -1333,7 +1716,7 @@ class Reader:
         if desc.exchange_level != ExchangeLevel.TPDU:
             return
         negotiate = not desc.dwFeatures & Features.AUTO_IFSD
-        for quirk in self._hooks("negotiate_ifsd"):
+        for quirk in self._hooks("negotiate_ifsd", card_quirks):
             negotiate = bool(quirk.negotiate_ifsd(negotiate))
         if negotiate and ifsd != 32:
             try:
@@ -1349,96 +1732,166 @@ class Reader:
     # --- exchanges --------------------------------------------------------------------
 
     def _transmit(self, s: _Slot, apdu: bytes, ceiling: float, raw_t0: bool) -> bytes:
-        level = self.descriptor.exchange_level
-        if level in (ExchangeLevel.SHORT_APDU, ExchangeLevel.EXTENDED_APDU):
+        descriptor = self.descriptor
+        if descriptor is self._level_of:
+            level = self._level
+        else:  # a quirk may have replaced the descriptor since the last APDU
+            level = descriptor.exchange_level
+            self._level_of, self._level = descriptor, level
+        if level is _SHORT_APDU or level is _EXTENDED_APDU:
             return self._apdu_level(s, apdu, ceiling, level)
         if s.protocol == 1:
             return self._t1_run(s, s.t1.start(apdu), ceiling)
-        if level == ExchangeLevel.CHARACTER:
+        if level is _CHARACTER:
             raise UsageError("character-level readers are not supported", reader=self.name)
         return self._t0_run(s, apdu, ceiling, raw_t0)
 
+    def _hold(self, ceiling: float) -> bool:
+        """Take a one-busy-slot reader for a whole APDU exchange; True when taken.
+
+        As pcscd does: another slot's command cannot slip between the TPDUs, T=1 blocks
+        or chained pieces of an APDU, and the per-block path skips a lock round trip.
+        Readers with several busy slots keep per-command routing.
+        """
+        if not self._serial:
+            return False
+        if not self._busy.acquire(timeout=ceiling):
+            raise ReaderTimeoutError(
+                f"the reader stayed busy with other slots for {ceiling:.1f} s",
+                reader=self.name)
+        return True
+
     def _xfr(self, s: _Slot, data: bytes, deadline: float, *, bwi: int = 0,
-             level: int = LevelParameter.COMPLETE) -> Reply:
-        left = deadline - time.monotonic()
+             level: int = 0, held: bool = False) -> bytes:
+        """One XfrBlock; returns its successful DataBlock whole (bChainParameter at [9],
+        abData from [10]): no Reply object on the per-block path. ``held``: the caller
+        holds the reader (:meth:`_hold`)."""
+        left = deadline - _monotonic()
         if left <= 0:
             raise ReaderTimeoutError("the call's time ceiling was reached", reader=self.name,
                                      slot=s.index)
-        wait = s.wait * max(1, bwi)
-        return self._command(self._engine.xfr_block(s.index, data, bwi, level),
-                             wait=min(wait, left), ceiling=left)
+        wait = s.wait * bwi if bwi > 1 else s.wait
+        if wait > left:
+            wait = left
+        pending = self._engine.xfr_block(s.index, data, bwi, level)
+        transport = self._transport
+        if held:
+            if transport is None or self._closed or self._removed or self._inherited or (
+                    not _AT_FORK and self._pid != os.getpid()):
+                self._check_usable()
+                transport = self._live_transport()
+            try:
+                self._write(transport, pending.frame, wait if wait >= 0.5 else
+                            (left if left < 0.5 else 0.5))
+                held_frame: bytes = self._await(pending, wait, deadline, left, True, True)
+                return held_frame
+            except ReaderRemovedError:
+                self._lost()
+                raise
+        busy = self._busy
+        # One outstanding command on a healthy reader (the common case): what _send does,
+        # without its generality.
+        if self._serial and transport is not None and not (
+                self._closed or self._removed or self._inherited) and (
+                _AT_FORK or self._pid == os.getpid()) and busy.acquire(False):
+            try:
+                self._write(transport, pending.frame, wait if wait >= 0.5 else
+                            (left if left < 0.5 else 0.5))
+                frame: bytes = self._await(pending, wait, deadline, left, True, True)
+                return frame
+            except ReaderRemovedError:
+                self._lost()
+                raise
+            finally:
+                busy.release()
+        frame = self._send(pending, wait, left, True, True)
+        return frame
 
     def _t0_run(self, s: _Slot, apdu: bytes, ceiling: float, raw: bool) -> bytes:
-        from ccid.protocol.t0 import T0Exchange
-
         exchange = T0Exchange(apdu, auto_get_response=self.auto_get_response and not raw)
-        deadline = time.monotonic() + ceiling
-        while True:
-            tpdu = exchange.next_tpdu()
-            if tpdu is None:
-                return exchange.response
-            reply = self._xfr(s, tpdu, deadline)
-            exchange.receive(reply.data)
+        deadline = _monotonic() + ceiling
+        held = self._hold(ceiling)
+        try:
+            while True:
+                tpdu = exchange.next_tpdu()
+                if tpdu is None:
+                    return exchange.response
+                exchange.receive(self._xfr(s, tpdu, deadline, held=held)[HEADER_SIZE:])
+        finally:
+            if held:
+                self._busy.release()
 
     def _t1_run(self, s: _Slot, block: bytes, ceiling: float) -> bytes:
-        from ccid.protocol.t1 import Complete
-
         t1 = s.t1
-        deadline = time.monotonic() + ceiling
+        step = t1.step
+        xfr = self._xfr
+        deadline = _monotonic() + ceiling
         bwi = 0
-        for _ in range(100_000):  # each round moves the exchange or counts a retry
-            try:
-                reply = self._xfr(s, block, deadline, bwi=bwi)
-            except CardMuteError:
-                # The reader's BWT expired: T=1 error recovery decides what to send.
-                block, bwi = t1.timeout_error(), 0
-                continue
-            event = t1.receive(reply.data)
-            if isinstance(event, Complete):
-                return bytes(event.response)
-            block, bwi = event.block, event.wtx
+        held = self._hold(ceiling)
+        try:
+            for _ in range(100_000):  # each round moves the exchange or counts a retry
+                try:
+                    frame = xfr(s, block, deadline, bwi=bwi, held=held)
+                except CardMuteError:
+                    # The reader's BWT expired: T=1 error recovery decides what to send.
+                    block, bwi = t1.timeout_error(), 0
+                    continue
+                following, bwi, response = step(frame[HEADER_SIZE:])
+                if following is None:
+                    done: bytes = response
+                    return done
+                block = following
+        finally:
+            if held:
+                self._busy.release()
         raise ProtocolError("T=1 exchange did not converge", reader=self.name, slot=s.index)
 
     def _apdu_level(self, s: _Slot, apdu: bytes, ceiling: float,
                     level: ExchangeLevel) -> bytes:
-        deadline = time.monotonic() + ceiling
+        deadline = _monotonic() + ceiling
         room = (self._engine.max_message_length or 65546) - HEADER_SIZE
-        if level == ExchangeLevel.SHORT_APDU:
+        if level is _SHORT_APDU:
             if len(apdu) > min(room, 261):
                 raise UsageError(
                     f"APDU of {len(apdu)} bytes does not fit a short-APDU reader "
                     "(at most 261 bytes: 4 header + Lc + 255 data + Le)", reader=self.name)
-            return self._xfr(s, apdu, deadline).data
-        if len(apdu) <= room:  # one message: the common case, no chaining plumbing
-            single = self._xfr(s, apdu, deadline)
-            if single.chain == ChainParameter.COMPLETE:
-                return single.data
-            return self._chained_rest(s, single, deadline)
-        parts = split_extended(apdu, max(1, room))
-        reply: Reply | None = None
-        for i, (lvl, chunk) in enumerate(parts):
-            reply = self._xfr(s, chunk, deadline, level=lvl)
-            if i < len(parts) - 1 and reply.chain != ChainParameter.CONTINUE_REQUESTED:
-                self._recover()
-                raise ProtocolError(
-                    f"reader answered bChainParameter 0x{reply.chain:02X} to a command "
-                    "piece instead of asking for the next one (0x10)", reader=self.name,
-                    slot=s.index)
-        if reply is None:  # pragma: no cover - split_extended never returns nothing
-            raise UsageError("empty APDU", reader=self.name)
-        if reply.chain == ChainParameter.COMPLETE:
-            return reply.data
-        return self._chained_rest(s, reply, deadline)
+            return self._xfr(s, apdu, deadline)[HEADER_SIZE:]
+        held = self._hold(ceiling)
+        try:
+            if len(apdu) <= room:  # one message: the common case, no chaining plumbing
+                frame = self._xfr(s, apdu, deadline, held=held)
+                if frame[9] == _CHAIN_COMPLETE:
+                    return frame[HEADER_SIZE:]
+                return self._chained_rest(s, frame, deadline, held)
+            parts = split_extended(apdu, max(1, room))
+            last = len(parts) - 1
+            frame = b""
+            for i, (lvl, chunk) in enumerate(parts):
+                frame = self._xfr(s, chunk, deadline, level=lvl, held=held)
+                if i < last and frame[9] != _CHAIN_CONTINUE:
+                    self._recover()
+                    raise ProtocolError(
+                        f"reader answered bChainParameter 0x{frame[9]:02X} to a command "
+                        "piece instead of asking for the next one (0x10)", reader=self.name,
+                        slot=s.index)
+            if frame[9] == _CHAIN_COMPLETE:
+                return frame[HEADER_SIZE:]
+            return self._chained_rest(s, frame, deadline, held)
+        finally:
+            if held:
+                self._busy.release()
 
-    def _chained_rest(self, s: _Slot, reply: Reply, deadline: float) -> bytes:
+    def _chained_rest(self, s: _Slot, frame: bytes, deadline: float,
+                      held: bool = False) -> bytes:
         """Ask for the rest of a chained response (wLevelParameter 0x10) and join it."""
         joined = ChainedResponse()
-        done = joined.add(reply.chain, reply.data)
+        add = joined.add
+        done = add(frame[9], frame[HEADER_SIZE:])
         for _ in range(70_000):
             if done:
                 return joined.result()
-            reply = self._xfr(s, b"", deadline, level=LevelParameter.CONTINUE_RESPONSE)
-            done = joined.add(reply.chain, reply.data)
+            frame = self._xfr(s, b"", deadline, level=_CONTINUE_RESPONSE, held=held)
+            done = add(frame[9], frame[HEADER_SIZE:])
         raise ProtocolError("chained response never ended", reader=self.name, slot=s.index)
 
     # --- card state changes -----------------------------------------------------------
@@ -1460,7 +1913,7 @@ class Reader:
 
 _OPTIONS = frozenset({
     "timeout", "poll_interval", "events", "allow_bad_firmware", "check_tck",
-    "auto_get_response", "ifsd", "quirks",
+    "auto_get_response", "ifsd", "quirks", "open_timeout",
 })
 
 #: IccPowerOn errors after which the next (lower) voltage is worth trying.
@@ -1470,7 +1923,19 @@ _VOLTAGE_FALLBACK = frozenset({
 })
 
 
-def _protocol_number(protocol: Any) -> int | None:
+def _pin_apdu(template: bytes, filler: bytes, reader: str) -> bytes:
+    """The APDU template for the pinpad: a header gets the PIN blocks' padding as data."""
+    if len(template) == 4:
+        return template + bytes((len(filler),)) + filler
+    if len(template) < 5 or len(template) != 5 + template[4]:
+        raise UsageError(
+            f"PIN APDU template must be CLA INS P1 P2 or a whole short APDU with Lc and data, "
+            f"got {template.hex(' ')}", reader=reader)
+    return template
+
+
+def _protocol_number(protocol: Any, reader: str | None = None,
+                     slot: int | None = None) -> int | None:
     if protocol is None:
         return None
     if isinstance(protocol, str):
@@ -1481,7 +1946,66 @@ def _protocol_number(protocol: Any) -> int | None:
             return 1
     elif isinstance(protocol, int) and not isinstance(protocol, bool) and protocol in (0, 1):
         return protocol
-    raise UsageError(f"protocol must be None, 0, 1, 'T=0' or 'T=1', not {protocol!r}")
+    raise UsageError(f"protocol must be None, 0, 1, 'T=0' or 'T=1', not {protocol!r}",
+                     reader=reader, slot=slot)
+
+
+# --- checks of what callers pass (UsageError, never TypeError, and nothing sent) ---------
+
+
+def _as_bytes(value: Any, what: str, reader: str | None = None,
+              slot: int | None = None) -> bytes:
+    """``value`` as bytes: bytes-like objects and sequences of byte values are accepted.
+
+    An int is refused (``bytes(5)`` is five zero bytes, never what the caller meant), and
+    so is a str (hex text must go through ``bytes.fromhex``).
+    """
+    if type(value) is bytes:
+        return value
+    if isinstance(value, str):
+        raise UsageError(f"{what} must be bytes, not str (use bytes.fromhex({value[:16]!r}))",
+                         reader=reader, slot=slot)
+    if value is not None and not isinstance(value, int):
+        try:
+            return bytes(memoryview(value))
+        except TypeError:
+            pass
+        if isinstance(value, list | tuple):
+            try:
+                return bytes(value)
+            except (TypeError, ValueError):
+                raise UsageError(f"{what} must hold byte values 0..255", reader=reader,
+                                 slot=slot) from None
+    raise UsageError(f"{what} must be bytes, not {type(value).__name__}", reader=reader,
+                     slot=slot)
+
+
+def _as_apdu(value: Any, reader: str | None, slot: int | None) -> bytes:
+    """A command APDU as bytes, or UsageError (see :func:`_as_bytes`)."""
+    return _as_bytes(value, "the APDU", reader, slot)
+
+
+def _as_seconds(value: Any, what: str, reader: str | None = None, slot: int | None = None,
+                *, zero: bool = False) -> float:
+    """A finite, positive number of seconds (``zero``: 0 allowed), or UsageError."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise UsageError(f"{what} must be a number of seconds, not {value!r}", reader=reader,
+                         slot=slot)
+    seconds = float(value)
+    if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not zero):
+        limit = "0 or more" if zero else "more than 0"
+        raise UsageError(f"{what} must be a finite number of seconds, {limit}; got {value!r}",
+                         reader=reader, slot=slot)
+    return seconds
+
+
+def _as_flag(value: Any, what: str, reader: str | None = None) -> bool:
+    """True/False (or 1/0), or UsageError: ``bool("no")`` would be True."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    raise UsageError(f"{what} must be True or False, not {value!r}", reader=reader)
 
 
 # --- the card handle -------------------------------------------------------------------
@@ -1535,7 +2059,10 @@ class Card:
 
     def _check(self) -> None:
         """Refuse before anything is sent when the card changed under this handle."""
-        self.reader._check_usable()
+        reader = self.reader
+        if reader._inherited or reader._closed or reader._removed or (
+                not _AT_FORK and reader._pid != os.getpid()):
+            reader._check_usable()
         if not self._connected:
             raise UsageError("the card handle is disconnected", reader=self.reader.name,
                              slot=self.slot)
@@ -1574,7 +2101,8 @@ class Card:
 
         ``raw=True`` (T=0 only) returns 61xx / 6Cxx as the card gave them.
         """
-        apdu = bytes(apdu)
+        if type(apdu) is not bytes:
+            apdu = bytes(apdu)
         reader = self.reader
         if self.mode == "direct":
             raise UsageError("a direct-mode handle cannot transmit APDUs", reader=reader.name,
@@ -1583,10 +2111,15 @@ class Card:
             raise UsageError(f"APDU of {len(apdu)} bytes is shorter than its 4-byte header",
                              reader=reader.name, slot=self.slot)
         ceiling = reader.timeout if timeout is None else float(timeout)
+        if _trace.enabled:  # the one trace test of an APDU when tracing is off
+            with _trace.span(reader.name, "Card.transmit"):
+                return self._transmit(apdu, ceiling, raw)
+        return self._transmit(apdu, ceiling, raw)
+
+    def _transmit(self, apdu: bytes, ceiling: float, raw: bool) -> bytes:
+        reader = self.reader
         s = self._s
-        span = _trace.span(reader.name, "Card.transmit") if (
-            _trace is not None and _trace.enabled) else _NO_SPAN
-        with span, s.lock:
+        with s.lock:
             self._check()
             try:
                 return reader._transmit(s, apdu, ceiling, raw)
@@ -1603,6 +2136,13 @@ class Card:
                         f"the card is no longer powered ({exc.message}); call reconnect()",
                         reader=reader.name, slot=self.slot) from exc
                 raise
+            except (ProtocolError, CardMuteError) as exc:
+                # T=1 giving up, or a mute card: a card pulled out or swapped mid-exchange
+                # looks like this; say so when it is what happened.
+                changed = reader._card_changed(s, self._generation, self._presence, exc)
+                if changed is None:
+                    raise
+                raise changed from exc
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Card]:
@@ -1615,7 +2155,7 @@ class Card:
         """Reset the card (warm by default) and renegotiate; other handles see CardResetError."""
         reader = self.reader
         s = self._s
-        wanted = _protocol_number(protocol)
+        wanted = _protocol_number(protocol, reader.name, self.slot)
         with s.lock:
             reader._check_usable()
             if not self._connected:
@@ -1639,7 +2179,7 @@ class Card:
             if not self._connected:
                 raise UsageError("the card handle is disconnected", reader=reader.name,
                                  slot=self.slot)
-            wanted = _protocol_number(protocol)
+            wanted = _protocol_number(protocol, reader.name, self.slot)
             if self.mode != "direct" and (not s.powered or
                                           (wanted is not None and wanted != s.protocol)):
                 reader._power_up(s, wanted, reader.timeout)
@@ -1651,7 +2191,7 @@ class Card:
         """Release the handle; "reset", "unpower" or "eject" act on the card first."""
         if disposition not in ("leave", "reset", "unpower", "eject"):
             raise UsageError(f"disposition must be leave, reset, unpower or eject, "
-                             f"not {disposition!r}")
+                             f"not {disposition!r}", reader=self.reader.name, slot=self.slot)
         if not self._connected:
             return
         reader = self.reader
@@ -1673,4 +2213,109 @@ class Card:
         """PC_to_RDR_Escape on this handle's slot."""
         self.reader._check_usable()
         return self.reader.escape(data, self.slot, timeout=timeout)
+
+    # --- PIN entry on the reader's pinpad ---------------------------------------------
+
+    def verify_pin(self, apdu_template: bytes, *, pin_format: PinFormat = "ascii",
+                   min_digits: int | None = None, max_digits: int | None = None,
+                   timeout: float = 30.0) -> bytes:
+        """Let the user type the PIN on the reader's pinpad; return the card's response.
+
+        ``apdu_template``: the VERIFY command, either its 4-byte header (``00 20 00 80``:
+        the PIN block of ``pin_format`` is appended) or a whole APDU whose data starts with
+        the block's padding. ``min_digits`` / ``max_digits`` default to what the reader's
+        firmware says (Gemalto firmware features), else 4 and 12 (at most what the block
+        holds). ``timeout``: seconds the user has (1..255). The response (data + SW1 SW2)
+        is returned as by ``transmit``; 63Cx means a wrong PIN. Raises UsageError when the
+        reader has no usable pinpad, PinCancelledError / PinTimeoutError when the user
+        cancels or does not finish.
+        """
+        return self._pin_operation(0, apdu_template, pin_format, min_digits, max_digits,
+                                   timeout, confirm=False, current=True)
+
+    def modify_pin(self, apdu_template: bytes, *, pin_format: PinFormat = "ascii",
+                   min_digits: int | None = None, max_digits: int | None = None,
+                   confirm: bool = True, current: bool = True,
+                   timeout: float = 30.0) -> bytes:
+        """Let the user change the PIN on the pinpad (CHANGE REFERENCE DATA).
+
+        ``apdu_template``: the command's 4-byte header (``00 24 00 80``: the current PIN's
+        block, then the new PIN's, are appended) or a whole APDU. ``current``: the user
+        types the current PIN first; ``confirm``: the new PIN twice. Other arguments and
+        errors as ``verify_pin``.
+        """
+        return self._pin_operation(1, apdu_template, pin_format, min_digits, max_digits,
+                                   timeout, confirm=confirm, current=current)
+
+    def _pin_operation(self, operation: int, template: bytes, pin_format: str,
+                       min_digits: int | None, max_digits: int | None, timeout: float,
+                       *, confirm: bool, current: bool) -> bytes:
+        from dataclasses import asdict
+
+        from ccid.messages import PIN_OPERATION, PINModify, PINVerify
+
+        reader = self.reader
+        block = PIN_FORMATS.get(pin_format) if isinstance(pin_format, str) else None
+        if block is None:
+            raise UsageError(f"pin_format must be one of {', '.join(PIN_FORMATS)}, not "
+                             f"{pin_format!r}", reader=reader.name, slot=self.slot)
+        if self.mode == "direct":
+            raise UsageError("a direct-mode handle cannot verify a PIN", reader=reader.name,
+                             slot=self.slot)
+        needed = PINSupport.VERIFY if operation == 0 else PINSupport.MODIFY
+        reader._require_pinpad(needed, self.slot)
+        timeout = _as_seconds(timeout, "PIN entry timeout", reader.name, self.slot)
+        if not 1 <= timeout <= 255:
+            raise UsageError(f"PIN entry timeout must be 1..255 s, got {timeout}",
+                             reader=reader.name, slot=self.slot)
+        for what, digits_given in (("min_digits", min_digits), ("max_digits", max_digits)):
+            if digits_given is not None and (isinstance(digits_given, bool) or
+                                             not isinstance(digits_given, int)):
+                raise UsageError(f"{what} must be None or an integer, not {digits_given!r}",
+                                 reader=reader.name, slot=self.slot)
+        lo, hi = reader._pin_digits(block, min_digits, max_digits)
+        blocks = 2 if operation == 1 and current else 1
+        apdu = _pin_apdu(_as_bytes(template, "the PIN APDU template", reader.name, self.slot),
+                         block.filler * blocks, reader.name)
+        features = reader.firmware_features
+        validation = getattr(features, "entry_validation_condition", 0) or 0x02
+        digits = (lo << 8) | hi
+        structure: PINVerify | PINModify
+        if operation == 0:
+            structure = PINVerify(
+                bTimeOut=int(timeout), bmFormatString=block.format_string,
+                bmPINBlockString=block.block_string, bmPINLengthFormat=block.length_format,
+                wPINMaxExtraDigit=digits, bEntryValidationCondition=validation,
+                bNumberMessage=1, bMsgIndex=_MSG_ENTER, abPINApdu=apdu)
+        else:
+            shown = [_MSG_ENTER] if current else []
+            shown += [_MSG_NEW, _MSG_CONFIRM] if confirm else [_MSG_NEW]
+            indexes = [*shown, 0, 0][:3]
+            structure = PINModify(
+                bTimeOut=int(timeout), bmFormatString=block.format_string,
+                bmPINBlockString=block.block_string, bmPINLengthFormat=block.length_format,
+                bInsertionOffsetOld=0, bInsertionOffsetNew=len(block.filler) if current else 0,
+                wPINMaxExtraDigit=digits, bConfirmPIN=int(confirm) | (int(current) << 1),
+                bEntryValidationCondition=validation, bNumberMessage=len(shown),
+                bMsgIndex1=indexes[0], bMsgIndex2=indexes[1],
+                bMsgIndex3=indexes[2] if len(shown) >= 3 else None, abPINApdu=apdu)
+        payload = bytes(PIN_OPERATION.build(
+            {"bPINOperation": operation, "abPINDataStructure": asdict(structure)}))
+        s = self._s
+        name = "Card.verify_pin" if operation == 0 else "Card.modify_pin"
+        span = _trace.span(reader.name, name) if (
+            _trace is not None and _trace.enabled) else _NO_SPAN
+        with span, s.lock:
+            self._check()
+            if reader.descriptor.exchange_level == ExchangeLevel.TPDU and s.protocol == 1:
+                raise UsageError(
+                    "PIN entry on a TPDU-level reader with a T=1 card needs the T=1 "
+                    "prologue handled by the pinpad; not supported yet", reader=reader.name,
+                    slot=self.slot)
+            response = reader._secure(s, payload, float(timeout))
+        if len(response) == 2 and response[0] == 0x61 and (
+                reader.descriptor.exchange_level == ExchangeLevel.TPDU):
+            # T=0 at TPDU level: the reader hands back 61xx; fetch the rest.
+            return self.transmit(bytes((apdu[0], 0xC0, 0x00, 0x00, response[1])))
+        return response
 

@@ -944,19 +944,13 @@ def replay(trace: str | os.PathLike[str] | IO[str] | Iterable[TraceRecord], *,
 
 
 def _replay_reader(script: ReplayScript) -> Any:
-    """A ccid.testing VirtualReader whose bulk answers come from ``script``."""
+    """A ccid.testing VirtualReader whose bulk answers come from ``script``.
+
+    The script is the reader's public ``responder``: every command gets its recorded
+    replies (or the "not supported" SlotStatus), the model is never consulted.
+    """
     from ccid.descriptor import parse_ccid_descriptor
     from ccid.testing import VirtualReader
-
-    class ReplayReader(VirtualReader):  # type: ignore[misc]
-        replay: ReplayScript
-
-        def process_frame(self, frame: bytes) -> None:
-            # Runs with the reader's condition held, like the base implementation.
-            self.commands_seen += 1
-            replies = self.replay.answer(frame)
-            self._schedule(frame[0], frame[5], frame[6],
-                           [(0.0, r, i == len(replies) - 1) for i, r in enumerate(replies)])
 
     info = dict(script.info or {})
     raw = info.get("ccid_descriptor")
@@ -982,11 +976,12 @@ def _replay_reader(script: ReplayScript) -> Any:
         "data_rates_answer": answer(ClassRequest.GET_DATA_RATES),
         "clocks_answer": answer(ClassRequest.GET_CLOCK_FREQUENCIES),
         "name": f"replay of {script.reader}",
+        "responder": script.answer,
     }
     for key in ("manufacturer", "product", "serial"):
         if info.get(key) is not None:
             kwargs[key] = str(info[key])
-    device = ReplayReader(descriptor, **kwargs)
+    device: Any = VirtualReader(descriptor, **kwargs)
     device.replay = script
     return device
 
@@ -1005,7 +1000,14 @@ def _from_environment() -> None:
     path = os.environ.get("CCID_TRACE")
     if path:
         mask = os.environ.get("CCID_TRACE_PINS", "") != "1"
-        enable(path, mask_pins=mask)
+        try:
+            enable(path, mask_pins=mask)
+        except (OSError, UsageError) as exc:
+            # A trace is a debugging aid: a wrong path must not stop the library.
+            import logging
+
+            logging.getLogger(__name__).warning(
+                "CCID_TRACE=%s cannot be written (%s); continuing without a trace", path, exc)
 
 
 _from_environment()

@@ -134,10 +134,13 @@ def test_parse_virtual_reproduces_corpus_dump(descriptor_corpus: dict[str, Any])
     r = run("parse", "--virtual", "gemalto-pc-twin", "--json")
     assert r.returncode == 0, r.stderr
     reports = json.loads(r.stdout)
+    assert len(reports) == 1
     dump = next(e for e in descriptor_corpus["readers"] if e["file"] == "GemPCTwin.txt")
     got = reports[0]["descriptor"]
+    assert len(got) == 22  # every field of the class descriptor
     for key, value in got.items():
         assert dump["interfaces"][0][key] == value, key
+    assert reports[0]["data_rates"] == dump["interfaces"][0]["data_rates_bps"]
     text = run("parse", "--virtual", "gemalto-pc-twin").stdout
     assert " idVendor: 0x08E6" in text and "dwMaxCCIDMessageLength: 271 bytes" in text
     assert "TPDU level exchange" in text
@@ -183,6 +186,23 @@ def test_demo_runs_on_virtual_reader_without_hardware() -> None:
     assert r.returncode == 0, r.stderr
     assert "Reader:" in r.stdout and "Card ATR:" in r.stdout
     assert "<" in r.stdout
+
+
+def test_scan_stops_on_ctrl_c_while_idle() -> None:
+    import signal
+    import time
+
+    cmd = [EXE] if EXE else [sys.executable, "-m", "ccid.cli"]
+    proc = subprocess.Popen([*cmd, "scan", "--virtual", "gemalto-pc-twin"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(2.0)  # started, printed the card, now idle
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=5)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert "Card inserted" in out and "Traceback" not in err
 
 
 def test_verbose_logging_goes_to_stderr() -> None:

@@ -116,7 +116,26 @@ def _replies() -> st.SearchStrategy[bytes]:
 def test_check_reply_agrees(buf: bytes, expect_type: int, slot: int, seq: int, max_length: int,
                             kind: type) -> None:
     same("check_reply", kind(buf), expect_type, slot, seq, max_length)
+    same("reply_header", kind(buf), expect_type, slot, seq, max_length)
     same("frame_size", kind(buf))
+
+
+@pytest.mark.parametrize("impl", [py] if _fast is None else [py, _fast])
+@AGREE
+@given(buf=_replies(), expect_type=st.sampled_from([0x80, 0x81]), slot=st.integers(0, 3),
+       seq=st.integers(0, 255), max_length=st.one_of(st.just(0), st.integers(0, 400)))
+def test_reply_header_is_the_check_and_the_status_bytes(
+        impl: ModuleType, buf: bytes, expect_type: int, slot: int, seq: int,
+        max_length: int) -> None:
+    code = impl.reply_header(buf, expect_type, slot, seq, max_length)
+    status = impl.check_reply(buf, expect_type, slot, seq, max_length)
+    assert code & 0xFF == status
+    if status == py.SHORT_HEADER:
+        assert code == status
+    else:
+        assert code >> 8 == buf[7] | buf[8] << 8 | buf[9] << 16
+    # the reader's "complete and successful" test
+    assert (code & 0xC0FF == 0) == (status == py.OK and buf[7] & 0xC0 == 0)
 
 
 @needs_fast

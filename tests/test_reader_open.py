@@ -19,7 +19,7 @@ from ccid.errors import (
 )
 from ccid.testing import VirtualBackend, VirtualCard, VirtualDevice, VirtualReader
 from ccid.testing.faults import ClaimedElsewhere, NoAnswer
-from ccid.testing.presets import preset_dump, preset_reader
+from ccid.testing.presets import CT700_ESCAPE_L10N, preset_dump, preset_reader
 
 SELECT_MF = bytes.fromhex("00A4000C023F00")
 GET_STATUS = frozenset({0x65})
@@ -180,9 +180,14 @@ def test_ct700_opens_with_a_warning_then_a_second_reader_opens() -> None:
         warnings.simplefilter("always")
         reader = ccid.open_reader(0, backend=backend, events=False)
     try:
-        if reader.quirks:  # the database names the CT700's escape quirks
-            assert reader.warnings and caught
-            assert any("escape" in w or "answer" in w for w in reader.warnings)
+        # quirks are on by default and the database names the CT700's escape quirks
+        assert {"gemalto-pinpad-strings", "gemalto-firmware-features"} <= {
+            q.id for q in reader.quirks}
+        assert reader.warnings
+        assert any("escape" in w or "answer" in w for w in reader.warnings)
+        assert any("resetting" in w for w in reader.warnings)  # the wedge was undone
+        texts = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+        assert all(any(w in t for t in texts) for w in reader.warnings)  # also as warnings
         with reader.connect() as card:
             assert card.transmit(SELECT_MF)[-2:] == b"\x90\x00"
     finally:
@@ -194,6 +199,46 @@ def test_ct700_opens_with_a_warning_then_a_second_reader_opens() -> None:
         warnings.simplefilter("ignore")
         with open_quiet(backend, 0) as again:  # and the CT700 itself opens again
             assert not again.closed
+
+
+def test_failed_ct700_open_then_another_reader_then_the_ct700_after_replug() -> None:
+    """The seed article: a CT700 left wedged by an escape it does not know fails to open;
+    that failure must not break the next reader, and the CT700 works after a replug."""
+    ct700 = preset_reader("ct700")
+    twin = preset_reader("gemalto-pc-twin")
+    backend = VirtualBackend(ct700, twin)
+    ct700_device = backend.devices[0]
+    # A program sends the CT700 an escape it never answers: the firmware hangs.
+    with open_quiet(backend, "08E6:3478", quirks=False) as first, \
+            pytest.raises(ReaderTimeoutError):
+        first.escape(CT700_ESCAPE_L10N, timeout=0.3)
+    assert ct700.wedged
+    threads = threading.active_count()
+    with pytest.raises(ReaderTimeoutError):
+        # events on: a failed open must not leave the monitor thread behind either
+        ccid.open_reader("08E6:3478", backend=backend, quirks=False, open_timeout=0.2)
+    assert not ct700_device.claims
+    assert threading.active_count() == threads
+    # A different reader on the same bus opens and works normally.
+    with ccid.open_reader("08E6:3437", backend=backend, quirks=False) as second, \
+            second.connect() as card:
+        assert card.transmit(SELECT_MF)[-2:] == b"\x90\x00"
+        assert card.transmit(bytes.fromhex("8010000003010203")) == bytes.fromhex(
+            "0102039000")
+    assert not backend.devices[1].claims
+    # The CT700 stays wedged until it is unplugged and plugged again; then it works.
+    with pytest.raises(ReaderTimeoutError):
+        open_quiet(backend, "08E6:3478", quirks=False, open_timeout=0.2)
+    assert not ct700_device.claims
+    backend.unplug(ct700)
+    backend.plug(ct700)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with ccid.open_reader("08E6:3478", backend=backend) as again, \
+                again.connect() as card:
+            assert card.transmit(SELECT_MF)[-2:] == b"\x90\x00"
+    with open_quiet(backend, "08E6:3437") as second, second.connect() as card:
+        assert card.transmit(SELECT_MF)[-2:] == b"\x90\x00"
 
 
 def test_known_bad_firmware_is_refused_unless_allowed() -> None:

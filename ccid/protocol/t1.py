@@ -19,8 +19,15 @@ from dataclasses import dataclass
 from enum import Enum, IntEnum
 from typing import Final
 
+from ccid import framing
 from ccid.errors import ProtocolError, UsageError
-from ccid.framing import T1BlockError, T1Status, build_t1_block, check_t1_block
+from ccid.framing import T1Status
+
+# The framing twins' raw functions: (status, nad, pcb, inf) and EDC-appending build, no
+# exception or length re-check on the per-block path (INF <= IFSC/IFSD <= 254 here).
+_check_raw = framing._check_t1
+_build_raw = framing._build_t1
+_T1_EDC = int(T1Status.EDC)
 
 __all__ = [
     "TRANSITIONS",
@@ -83,10 +90,16 @@ class Complete:
 
 
 T1Event = SendBlock | Complete
+#: What a transition handler returns: an event, or its tuple form (see T1Protocol.step).
+_Step = tuple[bytes | None, int, bytes]
 
 
 class T1State(Enum):
     """Where the interface device is in the exchange."""
+
+    # Members are singletons compared by identity: hash them by identity too (C speed)
+    # instead of Enum's hash of the name, for the per-block TRANSITIONS lookup.
+    __hash__ = object.__hash__
 
     IDLE = "idle"  # nothing in flight
     SENDING = "sending"  # sent I(N(S), M=1): expect R acknowledging it
@@ -98,6 +111,8 @@ class T1State(Enum):
 
 class BlockKind(Enum):
     """A received block, classified against the current sequence numbers."""
+
+    __hash__ = object.__hash__  # see T1State
 
     I_LAST = "I(M=0)"  # I-block with the expected N(S), not chained
     I_MORE = "I(M=1)"  # I-block with the expected N(S), chained
@@ -112,6 +127,8 @@ class BlockKind(Enum):
 
 
 class _Action(Enum):
+    __hash__ = object.__hash__  # see T1State
+
     NEXT_CHUNK = "next_chunk"
     RESEND_I = "resend_i"
     RESEND_R = "resend_r"
@@ -123,6 +140,14 @@ class _Action(Enum):
     IFS_DONE = "ifs_done"
     RESYNCH_DONE = "resynch_done"
 
+
+# Members as module constants for the per-block code: on Python 3.11 ``Enum.MEMBER`` is an
+# attribute lookup of about 0.2 us.
+_IDLE, _SENDING, _AWAITING, _RECEIVING = (
+    T1State.IDLE, T1State.SENDING, T1State.AWAITING, T1State.RECEIVING)
+_I_LAST, _I_MORE, _R_ACK, _R_NAK, _INVALID = (
+    BlockKind.I_LAST, BlockKind.I_MORE, BlockKind.R_ACK, BlockKind.R_NAK, BlockKind.INVALID)
+_R_OTHER = int(RError.OTHER)
 
 _CARD_TURN = (T1State.AWAITING, T1State.RECEIVING)
 _EXCHANGING = (T1State.SENDING, *_CARD_TURN)
@@ -154,19 +179,19 @@ def classify_block(pcb: int, inf: bytes, *, ns: int, nr: int, ifsd: int) -> Bloc
     """Kind of a well-framed block given our N(S) ``ns`` and the card's expected ``nr``."""
     if not pcb & 0x80:  # I-block
         if pcb & 0x1F or len(inf) > ifsd:
-            return BlockKind.INVALID
+            return _INVALID
         if (pcb & I_NS) >> 6 != nr:
-            return BlockKind.INVALID
+            return _INVALID
         if pcb & I_MORE:
             # An empty chained block would let a card chain forever without progress.
-            return BlockKind.I_MORE if inf else BlockKind.INVALID
-        return BlockKind.I_LAST
+            return _I_MORE if inf else _INVALID
+        return _I_LAST
     if pcb & 0xC0 == R_BLOCK:
-        if pcb & 0x20 or pcb & 0x0F > RError.OTHER or inf:
-            return BlockKind.INVALID
+        if pcb & 0x20 or pcb & 0x0F > _R_OTHER or inf:
+            return _INVALID
         if (pcb & R_NR) >> 4 == ns or pcb & 0x0F:
-            return BlockKind.R_NAK
-        return BlockKind.R_ACK
+            return _R_NAK
+        return _R_ACK
     # S-block
     kind = pcb & 0x1F
     if pcb & S_RESPONSE:
@@ -174,14 +199,14 @@ def classify_block(pcb: int, inf: bytes, *, ns: int, nr: int, ifsd: int) -> Bloc
             return BlockKind.S_IFS_RESP
         if kind == S_RESYNCH and not inf:
             return BlockKind.S_RESYNCH_RESP
-        return BlockKind.INVALID
+        return _INVALID
     if kind == S_IFS and len(inf) == 1 and 0x01 <= inf[0] <= 0xFE:
         return BlockKind.S_IFS_REQ
     if kind == S_WTX and len(inf) == 1 and inf[0] >= 1:
         return BlockKind.S_WTX_REQ
     if kind == S_ABORT:
         return BlockKind.S_ABORT_REQ
-    return BlockKind.INVALID
+    return _INVALID
 
 
 class T1Protocol:
@@ -221,7 +246,7 @@ class T1Protocol:
         self._resyncs = 0
         self._wtx_count = 0
         self._after_resync = T1State.IDLE  # what a resync restarts
-        self._handlers: dict[_Action, Callable[[bytes], T1Event]] = {
+        self._handlers: dict[_Action, Callable[[bytes], T1Event | _Step]] = {
             _Action.NEXT_CHUNK: self._next_chunk,
             _Action.RESEND_I: self._resend_i,
             _Action.RESEND_R: self._resend_r,
@@ -268,18 +293,35 @@ class T1Protocol:
 
     def receive(self, block: bytes) -> T1Event:
         """Handle one block from the card."""
-        if self.state is T1State.IDLE:
+        following, wtx, response = self.step(block)
+        if following is None:
+            return Complete(response)
+        return SendBlock(following, wtx)
+
+    def step(self, block: bytes) -> tuple[bytes | None, int, bytes]:
+        """:meth:`receive` without event objects, for the reader's per-block loop.
+
+        Returns ``(block to send, wtx, b"")`` or, when the exchange is over,
+        ``(None, 0, response)``.
+        """
+        if self.state is _IDLE:
             raise UsageError("T=1 received a block with no exchange in progress")
-        try:
-            _nad, pcb, inf = check_t1_block(bytes(block), self.crc)
-        except T1BlockError as exc:
-            code = RError.EDC if exc.status is T1Status.EDC else RError.OTHER
-            return SendBlock(self._recover(code))
+        if type(block) is not bytes:
+            block = bytes(block)
+        status, _nad, pcb, inf = _check_raw(block, self.crc)
+        if status:
+            code = RError.EDC if status == _T1_EDC else RError.OTHER
+            return self._recover(code), 0, b""
         kind = classify_block(pcb, inf, ns=self.ns, nr=self.nr, ifsd=self.ifsd)
         action = TRANSITIONS.get((self.state, kind))
         if action is None:
-            return SendBlock(self._recover(RError.OTHER))
-        return self._handlers[action](inf)
+            return self._recover(RError.OTHER), 0, b""
+        event = self._handlers[action](inf)
+        if isinstance(event, tuple):  # the hot handlers answer in this form directly
+            return event
+        if isinstance(event, Complete):
+            return None, 0, event.response
+        return event.block, event.wtx, b""
 
     def timeout_error(self) -> bytes:
         """The block to send after a block waiting time passed without a reply."""
@@ -300,13 +342,15 @@ class T1Protocol:
     # --- building ------------------------------------------------------------------
 
     def _build(self, pcb: int, inf: bytes = b"") -> bytes:
-        return build_t1_block(self.nad, pcb, inf, self.crc)
+        block: bytes = _build_raw(self.nad, pcb, inf, self.crc)  # INF <= 254 here
+        return block
 
     def _i_block(self) -> bytes:
         pcb = (self.ns << 6) | (I_MORE if self._more else 0)
         return self._build(pcb, self._chunk)
 
-    def _r_block(self, code: RError = RError.NONE) -> bytes:
+    def _r_block(self, code: int = 0) -> bytes:
+        """R-block acknowledging the card's next I-block; ``code``: an RError bit."""
         return self._build(R_BLOCK | (self.nr << 4) | code)
 
     def _require_idle(self, what: str) -> None:
@@ -326,16 +370,16 @@ class T1Protocol:
     def _send_chunk(self) -> bytes:
         self._chunk = self._apdu[self._offset : self._offset + self.ifsc]
         self._more = self._offset + len(self._chunk) < len(self._apdu)
-        self.state = T1State.SENDING if self._more else T1State.AWAITING
+        self.state = _SENDING if self._more else _AWAITING
         return self._i_block()
 
     # --- actions -------------------------------------------------------------------
 
-    def _next_chunk(self, _inf: bytes) -> T1Event:
-        self._reset_retries()
+    def _next_chunk(self, _inf: bytes) -> _Step:
+        self._retries = self._resync_attempts = 0
         self._offset += len(self._chunk)
         self.ns ^= 1
-        return SendBlock(self._send_chunk())
+        return self._send_chunk(), 0, b""
 
     def _resend_i(self, _inf: bytes) -> T1Event:
         return SendBlock(self._count_retry() or self._i_block())
@@ -344,7 +388,7 @@ class T1Protocol:
         return SendBlock(self._count_retry() or self._r_block())
 
     def _take(self, inf: bytes) -> None:
-        if self.state is T1State.AWAITING:
+        if self.state is _AWAITING:
             self.ns ^= 1  # the card's I-block acknowledges our last one
         self._reset_retries()
         self.nr ^= 1
@@ -353,17 +397,17 @@ class T1Protocol:
             raise T1Error(f"card response exceeds {MAX_RESPONSE} bytes")
         self._response += inf
 
-    def _receive_more(self, inf: bytes) -> T1Event:
+    def _receive_more(self, inf: bytes) -> _Step:
         self._take(inf)
-        self.state = T1State.RECEIVING
-        return SendBlock(self._r_block())
+        self.state = _RECEIVING
+        return self._r_block(), 0, b""
 
-    def _receive_last(self, inf: bytes) -> T1Event:
+    def _receive_last(self, inf: bytes) -> _Step:
         self._take(inf)
-        self.state = T1State.IDLE
+        self.state = _IDLE
         response = bytes(self._response)
         self._response.clear()
-        return Complete(response)
+        return None, 0, response
 
     def _answer_ifs(self, inf: bytes) -> T1Event:
         self.ifsc = inf[0]

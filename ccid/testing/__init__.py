@@ -25,9 +25,10 @@ _LAZY: dict[str, str] = {
     "CardFaults": "ccid.testing.card",
 }
 _FAULTS = (
-    "BadLength", "CardRemoved", "ClaimedElsewhere", "Fault", "Garbage", "NoAnswer",
-    "PinCancelled", "PinTimeout", "SlowCard", "StaleFrame", "Stall", "TimeExtension",
-    "Truncate", "Unplug", "WrongSeq", "WrongSlot", "WrongType",
+    "BadLength", "CardRemoved", "ChainByte", "ClaimedElsewhere", "Fault", "Garbage",
+    "NoAnswer", "PinCancelled", "PinTimeout", "Refuse", "RefuseUntilEscape", "SlowCard",
+    "StaleFrame", "Stall", "TimeExtension", "Truncate", "Unplug", "WrongSeq", "WrongSlot",
+    "WrongType",
 )
 _LAZY.update({name: "ccid.testing.faults" for name in _FAULTS})
 _APPS_MODULE = "ccid.testing.apps"

@@ -18,7 +18,9 @@ its string descriptors. Transfers behave as libusb's do through pyusb:
   stays pending for the next read (real USB would report an overflow and lose it; we keep
   the bytes so that a driver's short buffer shows up as a framing problem, not a crash).
 
-Blocking reads wait on the reader's ``threading.Condition``: no polling.
+Blocking reads wait on the reader's conditions, no polling: bulk transfers on ``cv``,
+interrupt reads on ``intr_cv`` (same lock), which only interrupt messages, reset and
+unplug notify, so bulk traffic never wakes a blocked interrupt read.
 """
 
 from __future__ import annotations
@@ -216,6 +218,7 @@ class VirtualDevice:
         for reader in self.readers:
             with reader.cv:
                 reader.cv.notify_all()
+                reader.intr_cv.notify_all()
 
     def reset(self) -> None:
         """USB port reset: every reader's firmware restarts."""
@@ -476,8 +479,12 @@ class VirtualBackend(usb.backend.IBackend):  # type: ignore[misc]
         return len(data) * data.itemsize
 
     def _wait(self, reader: VirtualReader, handle: _Handle, deadline: float | None,
-              ready: Any, due: float | None = None) -> None:
-        """Wait on the reader's condition until ``ready()``; timeout or unplug raise."""
+              ready: Any, due: float | None = None, *, bulk: bool = True) -> None:
+        """Wait on the reader's bulk (or interrupt) condition until ``ready()``.
+
+        Timeout or unplug raise. Bulk waits also wake when the next scheduled reply is due.
+        """
+        cond = reader.cv if bulk else reader.intr_cv
         while True:
             self._alive(handle)
             if ready():
@@ -486,8 +493,9 @@ class VirtualBackend(usb.backend.IBackend):  # type: ignore[misc]
             if deadline is not None and now >= deadline:
                 raise _timeout_error()
             waits = [t - now for t in (deadline, due) if t is not None]
-            reader.cv.wait(max(0.0, min(waits)) if waits else None)
-            due = reader.next_due()
+            cond.wait(max(0.0, min(waits)) if waits else None)
+            if bulk:
+                due = reader.next_due()
 
     def _read(self, dev_handle: _Handle, ep: int, kind: str, buff: array.array[int],
               timeout: int) -> int:
@@ -507,7 +515,8 @@ class VirtualBackend(usb.backend.IBackend):  # type: ignore[misc]
                     reader.release_interrupts()
                 return bool(queue)
 
-            self._wait(reader, dev_handle, deadline, ready, reader.next_due() if bulk else None)
+            self._wait(reader, dev_handle, deadline, ready,
+                       reader.next_due() if bulk else None, bulk=bulk)
             size = len(buff) * buff.itemsize
             view = memoryview(buff).cast("B")
             n = 0

@@ -14,12 +14,15 @@ from dataclasses import dataclass
 __all__ = [
     "BadLength",
     "CardRemoved",
+    "ChainByte",
     "ClaimedElsewhere",
     "Fault",
     "Garbage",
     "NoAnswer",
     "PinCancelled",
     "PinTimeout",
+    "Refuse",
+    "RefuseUntilEscape",
     "SlowCard",
     "StaleFrame",
     "Stall",
@@ -164,3 +167,34 @@ class PinTimeout(Fault):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ClaimedElsewhere(Fault):
     """Another process (pcscd) holds the interface: claim_interface fails with EBUSY."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Refuse(Fault):
+    """The command fails with bError ``error`` and does nothing (e.g. a SetParameters the
+    firmware refuses although the link works at the current parameters)."""
+
+    error: int = 0x00
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RefuseUntilEscape(Fault):
+    """Matched commands fail with bError ``error`` until an escape whose payload starts
+    with ``escape`` arrives (a mode switch by vendor escape); the escape then disarms the
+    fault and is answered with success (by ``escape_handler`` when there is one).
+
+    Default: a GemPC433-Swap in EMV mode refusing some cards' power-on (bError 0xBB) until
+    the ISO-mode escape 1F 01.
+    """
+
+    error: int = 0xBB
+    escape: bytes = b"\x1f\x01"
+    count: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChainByte(Fault):
+    """The reply's byte 9 (bChainParameter of a DataBlock) carries ``value``: firmware that
+    leaves garbage in a field its real exchange level does not use."""
+
+    value: int = 0x01

@@ -16,6 +16,21 @@ Choices where real readers differ, so that tests can rely on them:
   fails with XFR_PARITY_ERROR, as a reader hearing the card at the wrong baud rate would;
 * PC_to_RDR_Secure builds the APDU with the PIN and gives it to ``card.process_apdu``
   whatever the exchange level (the pinpad's own exchange with the card is not modelled).
+
+Firmware that does not do what its descriptor says (for quirk tests), all off by default:
+
+* ``firmware_level``: the exchange level the firmware really runs (the descriptor may
+  declare another); ``firmware_max_message``: its real message buffer;
+  ``response_chunk``: the largest response part it sends at extended APDU level;
+* ``slot_data_rates``: per slot, the rates its hardware really runs when they differ from
+  the GET_DATA_RATES list (Fi/Di at other rates are refused by SetParameters and PPS);
+  ``max_working_rate``: rates above it are accepted but every exchange at them fails with
+  XFR_PARITY_ERROR;
+* ``enforce_bwt``: at TPDU level a T=1 card slower than the block waiting time of
+  SetParameters' BWI is declared mute (ICC_MUTE, at once: time is simulated);
+* pinpad: ``pin_sizes`` (min, max digits the firmware accepts in wPINMaxExtraDigit),
+  ``prompts`` (display texts by message index; None: none loaded, the display stays
+  blank) and ``displayed`` (what the display showed during each PIN entry).
 """
 
 from __future__ import annotations
@@ -45,7 +60,7 @@ from ccid.testing import faults as F
 if TYPE_CHECKING:
     from ccid.testing.backend import VirtualDevice
 
-__all__ = ["CardLike", "EscapeHandler", "PinEntry", "VirtualReader"]
+__all__ = ["CardLike", "EscapeHandler", "PinEntry", "Responder", "VirtualReader"]
 
 M = MessageType
 E = SlotErrorCode
@@ -79,6 +94,8 @@ class CardLike(Protocol):
 #: An escape handler gets the PC_to_RDR_Escape payload and returns the answer's payload,
 #: or an int: the bError of a failed answer.
 EscapeHandler = Callable[[bytes], "bytes | int"]
+#: ``VirtualReader(responder=...)``: PC_to_RDR frame -> RDR_to_PC frames, or None.
+Responder = Callable[[bytes], "list[bytes] | None"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +211,12 @@ class VirtualReader:
     Build it from a corpus dump (``from_descriptor_dump``), from explicit descriptor fields,
     or take a preset (``ccid.testing.presets``). Cards go in with ``insert`` and out with
     ``remove``; faults are armed with ``inject``.
+
+    ``responder`` (optional) sees every complete PC_to_RDR frame before the model and
+    before armed faults: it returns the RDR_to_PC frames to answer with (time extensions
+    first, the final reply last; an empty list leaves the command unanswered), or None to
+    let the model answer. Trace replay (``ccid.trace.replay``) is built on it; tests use
+    it to script a reader's answers byte for byte.
     """
 
     def __init__(
@@ -223,6 +246,15 @@ class VirtualReader:
         escape_handler: EscapeHandler | None = None,
         pin_entry: PinEntry | None = None,
         name: str | None = None,
+        responder: Responder | None = None,
+        firmware_level: ExchangeLevel | None = None,
+        firmware_max_message: int | None = None,
+        response_chunk: int | None = None,
+        slot_data_rates: Mapping[int, Sequence[int]] | None = None,
+        max_working_rate: int | None = None,
+        enforce_bwt: bool = False,
+        pin_sizes: tuple[int, int] | None = None,
+        prompts: Sequence[str] | None = None,
     ) -> None:
         if not isinstance(descriptor, CCIDDescriptor):
             descriptor = CCIDDescriptor.from_fields(descriptor)
@@ -249,8 +281,30 @@ class VirtualReader:
         self.escape_handler = escape_handler
         self.pin_entry = pin_entry
         self.name = name or product or "virtual reader"
+        #: See the class docstring; may be set or cleared at any time.
+        self.responder = responder
+        self.firmware_level = firmware_level
+        self.firmware_max_message = firmware_max_message
+        self.response_chunk = response_chunk
+        self.slot_data_rates: dict[int, tuple[int, ...]] = {
+            int(k): tuple(int(r) for r in v) for k, v in (slot_data_rates or {}).items()}
+        self.max_working_rate = max_working_rate
+        self.enforce_bwt = enforce_bwt
+        self.pin_sizes = pin_sizes
+        self.prompts: list[str] | None = None if prompts is None else list(prompts)
+        #: What the pinpad display showed, one list of texts per PIN entry.
+        self.displayed: list[list[str]] = []
+        #: Payloads of every PC_to_RDR_Escape received, in order.
+        self.escapes_seen: list[bytes] = []
+        self._mode_switched = False
 
-        self.cv = threading.Condition(threading.RLock())
+        lock = threading.RLock()
+        #: Bulk side and model state: bulk transfers wait and notify here.
+        self.cv = threading.Condition(lock)
+        #: Interrupt-IN waiters, on the same lock: woken by interrupt messages, reset and
+        #: unplug only, so bulk traffic never wakes a blocked interrupt read (a libusb
+        #: interrupt transfer does not wake up for bulk traffic either).
+        self.intr_cv = threading.Condition(lock)
         self.device: VirtualDevice | None = None
         self.slots = [_Slot(i) for i in range(descriptor.slot_count)]
         self._faults: list[list[Any]] = []  # [fault, remaining]
@@ -358,6 +412,9 @@ class VirtualReader:
 
     @property
     def level(self) -> ExchangeLevel:
+        """The exchange level the firmware runs (``firmware_level``, else the declared one)."""
+        if self.firmware_level is not None:
+            return self.firmware_level
         return self.descriptor.exchange_level
 
     @property
@@ -366,15 +423,22 @@ class VirtualReader:
 
     @property
     def max_message(self) -> int:
+        if self.firmware_max_message:
+            return self.firmware_max_message
         # Some dumps declare 0: treat it as the CCID minimum (short APDU + header).
         return self.descriptor.dwMaxCCIDMessageLength or 271
 
-    def data_rate_supported(self, rate: int) -> bool:
-        """In the GET_DATA_RATES list (±2 bps), or up to dwMaxDataRate without a list."""
-        if self.data_rates:
-            return any(abs(r - rate) <= 2 for r in self.data_rates)
+    def data_rate_supported(self, rate: int, slot: int | None = None) -> bool:
+        """In the slot's own rates (``slot_data_rates``) or the GET_DATA_RATES list (±2 bps),
+        or up to dwMaxDataRate without a list."""
+        rates = self.data_rates
+        if slot is not None:
+            rates = self.slot_data_rates.get(slot, rates)
+        if rates:
+            return any(abs(r - rate) <= 2 for r in rates)
         top = self.descriptor.dwMaxDataRate or self.descriptor.dwDataRate
-        return rate <= top + 2
+        # dwMaxDataRate is often nominal (ICCD tokens: "9600" at 3.58 MHz is 9,624 bps).
+        return rate <= top + max(2, top // 100)
 
     # --- cards ------------------------------------------------------------------------
 
@@ -425,7 +489,7 @@ class VirtualReader:
         with self.cv:
             if self.has_interrupt:
                 self._intr_msgs.append(bytearray((M.RDR_to_PC_HardwareError, slot, seq, code)))
-                self.cv.notify_all()
+                self.intr_cv.notify_all()
 
     # --- faults -----------------------------------------------------------------------
 
@@ -443,6 +507,14 @@ class VirtualReader:
         with self.cv:
             return any(isinstance(f, kind) for f, _ in self._faults)
 
+    def _escape_switches(self, payload: bytes) -> None:
+        """An escape arrived: log it and disarm the RefuseUntilEscape faults it satisfies."""
+        self.escapes_seen.append(payload)
+        kept = [item for item in self._faults if not (
+            isinstance(item[0], F.RefuseUntilEscape) and payload.startswith(item[0].escape))]
+        self._mode_switched = len(kept) != len(self._faults)
+        self._faults = kept
+
     def _take_faults(self, msg_type: int, slot: int, payload: bytes) -> list[F.Fault]:
         taken: list[F.Fault] = []
         for item in self._faults:
@@ -451,6 +523,8 @@ class VirtualReader:
                 continue
             if remaining is not None and remaining <= 0:
                 continue
+            if isinstance(fault, F.RefuseUntilEscape) and msg_type == M.PC_to_RDR_Escape:
+                continue  # the escape is what switches the mode: never refused
             if fault.matches(msg_type, slot, payload):
                 taken.append(fault)
                 if remaining is not None:
@@ -509,6 +583,7 @@ class VirtualReader:
         byte, bit = 1 + (2 * slot) // 8, (2 * slot) % 8
         msg[byte] |= 1 << (bit + 1)
         self.cv.notify_all()
+        self.intr_cv.notify_all()
 
     def announce_all(self) -> None:
         """Queue a NotifySlotChange with every slot's change bit (as readers do at plug)."""
@@ -531,6 +606,7 @@ class VirtualReader:
             self._out_buf.clear()
             self.wedged = self.halted_in = self.halted_out = self.cut_packet = False
             self.cv.notify_all()
+            self.intr_cv.notify_all()
 
     # --- frames -----------------------------------------------------------------------
 
@@ -606,6 +682,14 @@ class VirtualReader:
         """Run one complete PC_to_RDR frame and schedule its reply (cv held)."""
         self.commands_seen += 1
         cmd, slot, seq = frame[0], frame[5], frame[6]
+        responder = self.responder
+        if responder is not None:
+            scripted = responder(frame)
+            if scripted is not None:
+                last = len(scripted) - 1
+                self._schedule(cmd, slot, seq,
+                               [(0.0, bytes(r), i == last) for i, r in enumerate(scripted)])
+                return
         payload = frame[HEADER_SIZE:]
         if slot >= len(self.slots):
             self._schedule(cmd, slot, seq, [(0.0, self._fail(cmd, slot, seq, 0x05,
@@ -621,6 +705,8 @@ class VirtualReader:
             self._schedule(cmd, slot, seq, [(0.0, self._fail(cmd, slot, seq, E.CMD_SLOT_BUSY),
                                              True)])
             return
+        if cmd == M.PC_to_RDR_Escape:
+            self._escape_switches(bytes(payload))
         taken = self._take_faults(cmd, slot, payload)
         for fault in taken:
             if isinstance(fault, F.Unplug) and fault.stage == "write":
@@ -641,7 +727,12 @@ class VirtualReader:
                 delay += fault.delay
         reply: bytes | None
         self._wtx_plan = []
-        reply, card_time = self._dispatch(cmd, s, seq, frame, payload, pin_fault)
+        refused = next((f for f in taken if isinstance(f, F.Refuse | F.RefuseUntilEscape)),
+                       None)
+        if refused is not None:
+            reply, card_time = self._fail(cmd, slot, seq, refused.error & 0xFF), 0.0
+        else:
+            reply, card_time = self._dispatch(cmd, s, seq, frame, payload, pin_fault)
         delay += card_time
         frames: list[tuple[float, bytes | None, bool]] = []
         for multiplier in self._wtx_plan:
@@ -670,6 +761,8 @@ class VirtualReader:
                 reply = reply[:1] + n.to_bytes(4, "little") + reply[5:]
             elif isinstance(fault, F.Truncate):
                 reply = reply[: fault.keep]
+            elif isinstance(fault, F.ChainByte) and len(reply) >= HEADER_SIZE:
+                reply = reply[:9] + bytes((fault.value & 0xFF,)) + reply[10:]
             elif isinstance(fault, F.Garbage):
                 reply = bytes(fault.data)
             elif isinstance(fault, F.StaleFrame) and self._last_reply is not None:
@@ -847,7 +940,7 @@ class VirtualReader:
 
     def _fidi_rate_ok(self, s: _Slot, fidi: int) -> bool:
         rate = self._fidi_rate(s, fidi)
-        return rate is not None and self.data_rate_supported(rate)
+        return rate is not None and self.data_rate_supported(rate, s.index)
 
     def _auto_pps(self, s: _Slot, fidi: int) -> bool:
         """The reader's own PPS exchange (AUTO_PPS_*): True when the card accepted."""
@@ -960,10 +1053,16 @@ class VirtualReader:
             return err, 0.0
         delay = float(getattr(s.card, "delay", 0.0) or 0.0)
         level_param = frame[8] | frame[9] << 8
+        if self.max_working_rate and not (payload[:1] == b"\xff" and s.pps_window):
+            rate = self._fidi_rate(s, s.fidi)
+            if rate is not None and rate > self.max_working_rate + 2:
+                return self._fail(cmd, s.index, seq, E.XFR_PARITY_ERROR), delay
         if level == ExchangeLevel.TPDU:
             return self._tpdu(s, seq, payload, delay)
         s.pps_window = False
         if level == ExchangeLevel.SHORT_APDU:
+            if level_param:  # no command or response chaining at this level
+                return self._fail(cmd, s.index, seq, 8), 0.0
             if len(payload) > 261 or (len(payload) > 5 and payload[4] == 0):
                 return self._fail(cmd, s.index, seq, 1), 0.0
             if len(payload) < 4:
@@ -976,6 +1075,13 @@ class VirtualReader:
                 return self._fail(cmd, s.index, seq, E.XFR_OVERRUN), delay
             return self._ok(cmd, s, seq, 0, resp), delay
         return self._extended(s, seq, level_param, payload, delay)
+
+    def _bwt_seconds(self, s: _Slot) -> float:
+        """T=1 block waiting time of the slot's parameters (ISO/IEC 7816-3 11.4.3)."""
+        clock = (s.clock_khz or self.descriptor.dwDefaultClock or 4000) * 1000.0
+        fi = FI_TABLE.get(s.fidi >> 4, 372)
+        di = DI_TABLE.get(s.fidi & 0x0F, 1)
+        return 11 * fi / (di * clock) + (1 << (s.waiting >> 4)) * 960 * 372 / clock
 
     def _tpdu(self, s: _Slot, seq: int, payload: bytes, delay: float) -> tuple[bytes, float]:
         cmd = M.PC_to_RDR_XfrBlock
@@ -996,6 +1102,8 @@ class VirtualReader:
         if s.protocol not in self._card_protocols(s):
             return self._fail(cmd, s.index, seq, E.ICC_MUTE), delay
         if s.protocol == 1:
+            if self.enforce_bwt and delay > self._bwt_seconds(s):
+                return self._fail(cmd, s.index, seq, E.ICC_MUTE), 0.0
             block = s.card.t1_block(bytes(payload))
             if block is None:
                 return self._fail(cmd, s.index, seq, E.ICC_MUTE), delay
@@ -1043,6 +1151,8 @@ class VirtualReader:
         if not resp:
             return self._fail(cmd, s.index, seq, E.ICC_MUTE), delay
         size = self.max_message - HEADER_SIZE
+        if self.response_chunk:
+            size = max(1, min(size, self.response_chunk))
         if len(resp) <= size:
             return self._ok(cmd, s, seq, 0x00, resp), delay
         s.resp_chain = [resp[i : i + size] for i in range(size, len(resp), size)]
@@ -1051,7 +1161,10 @@ class VirtualReader:
     def _escape(self, s: _Slot, seq: int, frame: bytes, payload: bytes
                 ) -> tuple[bytes, float]:
         cmd = M.PC_to_RDR_Escape
+        switched, self._mode_switched = self._mode_switched, False
         if self.escape_handler is None:
+            if switched:
+                return self._ok(cmd, s, seq, 0), 0.0
             return self._fail(cmd, s.index, seq, E.CMD_NOT_SUPPORTED), 0.0
         answer = self.escape_handler(bytes(payload))
         if isinstance(answer, int):
@@ -1134,8 +1247,26 @@ class VirtualReader:
             return err, 0.0
         if pin_fault is not None:
             return self._fail(cmd, s.index, seq, pin_fault), 0.0
+        try:
+            layout = pin_structure_layout(payload)
+        except ValueError:
+            return self._fail(cmd, s.index, seq, 1), 0.0
+        if self.pin_sizes is not None:
+            low, high = self.pin_sizes
+            if not low <= layout.min_digits <= layout.max_digits <= high:
+                # bError: offset of wPINMaxExtraDigit in the message (CCID 6.2.6).
+                return self._fail(cmd, s.index, seq, HEADER_SIZE + layout.max_digits_at), 0.0
+        prompts = self.prompts
+        self.displayed.append([
+            (prompts[i] if prompts is not None and 0 <= i < len(prompts) else "")
+            for i in layout.messages])
         entry = self.pin_entry
         if entry is None:
+            return self._fail(cmd, s.index, seq, E.PIN_TIMEOUT), 0.0
+        typed = [entry.pin] if layout.operation == 0 else [
+            *([entry.pin] if payload[9] & 0x02 else []), entry.new_pin or ""]
+        if layout.max_digits and any(len(p) < layout.min_digits for p in typed):
+            # Too few digits: the pinpad refuses the validation key until the time-out.
             return self._fail(cmd, s.index, seq, E.PIN_TIMEOUT), 0.0
         try:
             apdu = build_pin_apdu(payload, entry)
@@ -1239,35 +1370,70 @@ def _insert_pin(data: bytearray, pin: str, fmt: int, block: int, lenfmt: int,
         _put_bits(data, lpos, len_bits, len(pin))
 
 
-def build_pin_apdu(payload: bytes, entry: PinEntry) -> bytes:
-    """The APDU a pinpad sends after the user typed ``entry`` (verify or modify)."""
-    op = payload[0]
+@dataclass(frozen=True, slots=True)
+class PinStructureLayout:
+    """Where things are in a PIN verify (op 0) or modify (op 1) operation structure."""
+
+    operation: int
+    min_digits: int
+    max_digits: int
+    #: Offset of wPINMaxExtraDigit in the structure (bPINOperation at 0).
+    max_digits_at: int
+    #: Message indexes the pinpad displays, in order.
+    messages: tuple[int, ...]
+    #: Offset of the APDU template.
+    apdu_at: int
+
+
+def pin_structure_layout(payload: bytes) -> PinStructureLayout:
+    """Read a PC_to_RDR_Secure verify/modify structure (ValueError when malformed)."""
+    op = payload[0] if payload else -1
     if op == 0:
-        if len(payload) < 1 + 14 + 5:
+        if len(payload) < 15 + 5:
             raise ValueError("PIN verify structure too short")
-        fmt, block, lenfmt = payload[2], payload[3], payload[4]
-        apdu = bytearray(payload[15:])
-        data = bytearray(apdu[5:])
-        _insert_pin(data, entry.pin, fmt, block, lenfmt)
-        return bytes(apdu[:5] + data)
+        count = payload[8]
+        messages = () if count == 0 else (payload[11],)
+        return PinStructureLayout(0, payload[6], payload[5], 5, messages, 15)
     if op == 1:
-        fmt, block, lenfmt = payload[2], payload[3], payload[4]
+        if len(payload) < 15:
+            raise ValueError("PIN modify structure too short")
+        count = payload[11]
+        n = 1 + (count != 0) + (count >= 3)
+        shown = 3 if count == 0xFF else min(count, n)
+        start = 15 + (n - 1) + 3
+        if len(payload) < start + 5:
+            raise ValueError("PIN modify structure too short")
+        return PinStructureLayout(1, payload[8], payload[7], 7,
+                                  tuple(payload[14 : 14 + n][:shown]), start)
+    raise ValueError("not a PIN verify or modify structure")
+
+
+def build_pin_apdu(payload: bytes, entry: PinEntry) -> bytes:
+    """The APDU a pinpad sends after the user typed ``entry`` (verify or modify).
+
+    Digits beyond the structure's maximum (wPINMaxExtraDigit) are not taken, as a pinpad
+    stops accepting keys there.
+    """
+    layout = pin_structure_layout(payload)
+    limit = layout.max_digits or None
+    fmt, block, lenfmt = payload[2], payload[3], payload[4]
+    apdu = bytearray(payload[layout.apdu_at:])
+    if len(apdu) < 5 or len(apdu) != 5 + apdu[4]:
+        raise ValueError("PIN structure has no well-formed APDU")
+    if layout.operation == 0:
+        data = bytearray(apdu[5:])
+        _insert_pin(data, entry.pin[:limit], fmt, block, lenfmt)
+        return bytes(apdu[:5] + data)
+    if layout.operation == 1:
         off_old, off_new = payload[5], payload[6]
         confirm = payload[9]
-        for n_idx in (3, 1, 2):
-            start = 1 + 14 + n_idx + 3
-            apdu = bytearray(payload[start:])
-            if len(apdu) >= 5 and len(apdu) == 5 + apdu[4]:
-                break
-        else:
-            raise ValueError("PIN modify structure has no well-formed APDU")
         if entry.new_pin is None:
             raise ValueError("PIN modify needs a new PIN")
         if confirm & 0x01 and entry.confirm is not None and entry.confirm != entry.new_pin:
             raise ValueError("new PIN and confirmation differ")
         data = bytearray(apdu[5:])
         if confirm & 0x02:
-            _insert_pin(data, entry.pin, fmt, block, lenfmt, off_old)
-        _insert_pin(data, entry.new_pin, fmt, block, lenfmt, off_new)
+            _insert_pin(data, entry.pin[:limit], fmt, block, lenfmt, off_old)
+        _insert_pin(data, entry.new_pin[:limit], fmt, block, lenfmt, off_new)
         return bytes(apdu[:5] + data)
     raise ValueError("unknown PIN operation")

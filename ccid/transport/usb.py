@@ -8,6 +8,7 @@ ReaderTimeoutError (the caller aborts), EPIPE -> the halt is cleared and ReaderE
 
 from __future__ import annotations
 
+import array
 import errno
 import threading
 from collections.abc import Iterator
@@ -285,8 +286,28 @@ class UsbTransport:
         self._inherited = False
         packet = max(info.bulk_in_packet, 8)
         wanted = max(info.descriptor.dwMaxCCIDMessageLength, 271) + 10
+        self._bulk_in = info.bulk_in
+        self._bulk_out = info.bulk_out
+        self._buffer = array.array("B")
+        self._view = memoryview(self._buffer)
+        self._buffer_lock = threading.Lock()
         # Whole packets only: a read that ends mid-packet overflows on real libusb.
         self.read_size = (wanted + packet - 1) // packet * packet
+
+    @property
+    def read_size(self) -> int:
+        """Bytes asked for by each bulk-IN read (whole packets)."""
+        return len(self._buffer)
+
+    @read_size.setter
+    def read_size(self, size: int) -> None:
+        # One buffer reused by every read: pyusb then neither allocates nor slices an array
+        # per transfer. A read that finds it in use (a drain racing the reading thread)
+        # takes a fresh one.
+        with self._buffer_lock:
+            self._view.release()
+            self._buffer = array.array("B", bytes(size))
+            self._view = memoryview(self._buffer)
 
     # --- life cycle -------------------------------------------------------------------
 
@@ -366,22 +387,44 @@ class UsbTransport:
 
     def write(self, frame: bytes, timeout: float) -> None:
         """Write one PC_to_RDR frame on bulk-OUT."""
-        dev = self._device()
+        dev = self._dev
+        if dev is None:
+            dev = self._device()
         if _trace.enabled:
             _trace.record(self.name, "->", frame)
+        # pyusb takes an array('B') as is; any other type costs it a failed conversion
+        # (a raised and caught TypeError) before the copy into an array.
+        data = array.array("B", frame)
+        ms = int(timeout * 1000 + 0.5)
         try:
-            dev.write(self.info.bulk_out, frame, _ms(timeout))
+            dev.write(self._bulk_out, data, ms if ms > 0 else 1)
         except usb.core.USBError as exc:
-            self._on_error(exc, self.info.bulk_out)
+            self._on_error(exc, self._bulk_out)
             raise usb_error(exc, "writing to the reader", reader=self.name) from exc
 
     def read(self, timeout: float) -> bytes:
         """One bulk-IN transfer (up to a whole maximal frame)."""
-        dev = self._device()
+        dev = self._dev
+        if dev is None:
+            dev = self._device()
+        ms = int(timeout * 1000 + 0.5)
+        lock = self._buffer_lock
+        if not lock.acquire(False):
+            return self._read_fresh(dev, ms if ms > 0 else 1)
         try:
-            data = dev.read(self.info.bulk_in, self.read_size, _ms(timeout))
+            n = dev.read(self._bulk_in, self._buffer, ms if ms > 0 else 1)
+            return self._view[:n].tobytes()
         except usb.core.USBError as exc:
-            self._on_error(exc, self.info.bulk_in)
+            self._on_error(exc, self._bulk_in)
+            raise usb_error(exc, "reading from the reader", reader=self.name) from exc
+        finally:
+            lock.release()
+
+    def _read_fresh(self, dev: Any, ms: int) -> bytes:
+        try:
+            data = dev.read(self._bulk_in, len(self._buffer), ms)
+        except usb.core.USBError as exc:
+            self._on_error(exc, self._bulk_in)
             raise usb_error(exc, "reading from the reader", reader=self.name) from exc
         out: bytes = data.tobytes()
         return out

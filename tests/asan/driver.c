@@ -74,6 +74,9 @@ static void frames(void)
               (n > 10 ? CCID_INCOMPLETE : CCID_SHORT_HEADER));
         CHECK(ccid_check_reply(out, (size_t)n, type, slot, seq + 1, 0) == CCID_WRONG_SEQ);
         CHECK(ccid_check_reply(out, (size_t)n, type, slot, seq, n - 1) == CCID_TOO_LONG);
+        CHECK(ccid_reply_header(out, (size_t)n, type, slot, seq, 0) ==
+              (0x01LL << 8 | 0x02LL << 16 | 0x03LL << 24));
+        CHECK(ccid_reply_header(out, 9, type, slot, seq, 0) == CCID_SHORT_HEADER);
     } else {
         CHECK(n == CCID_E_RANGE || n == CCID_E_CAPACITY);
     }
@@ -85,7 +88,11 @@ static void frames(void)
         int st = ccid_check_reply(reply, rlen, (long long)below(256), (long long)below(4),
                                   (long long)below(256), (long long)below(600));
         long long fs = ccid_frame_size(reply, rlen);
+        long long code = ccid_reply_header(reply, rlen, 0x80, 0, (long long)below(256), 0);
         CHECK(st >= CCID_OK && st <= CCID_TRAILING);
+        CHECK(code >= 0 && code <= 0xFFFFFFFFLL && (code & 0xFF) <= CCID_TRAILING);
+        CHECK(rlen >= 10 || code == CCID_SHORT_HEADER);
+        CHECK(rlen < 10 || code >> 8 == (reply[7] | reply[8] << 8 | (long long)reply[9] << 16));
         CHECK(rlen < 10 ? fs == -1 : fs >= 10);
         free(reply);
     }
@@ -194,6 +201,7 @@ int main(int argc, char **argv)
     rng_state = argc > 2 ? strtoull(argv[2], NULL, 10) | 1u : 0x9E3779B97F4A7C15ULL;
     /* NULL pointers with zero lengths are legal inputs */
     CHECK(ccid_check_reply(NULL, 0, 0, 0, 0, 0) == CCID_SHORT_HEADER);
+    CHECK(ccid_reply_header(NULL, 0, 0, 0, 0, 0) == CCID_SHORT_HEADER);
     CHECK(ccid_frame_size(NULL, 0) == -1);
     CHECK(ccid_check_t1_block(NULL, 0, 1) == CCID_T1_SHORT);
     CHECK(ccid_join_check(NULL, 0) == CCID_JOIN_EMPTY);

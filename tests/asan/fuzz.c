@@ -33,6 +33,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     switch (op & 7) {
     case 0:
         (void)ccid_check_reply(copy, n, 0x80, op >> 6, op, (long long)(op & 0x38) * 8);
+        (void)ccid_reply_header(copy, n, 0x80, op >> 6, op, (long long)(op & 0x38) * 8);
         (void)ccid_frame_size(copy, n);
         break;
     case 1:
