@@ -64,8 +64,8 @@ __all__ = [
 ]
 
 # The framing twins' raw functions (int status, no enum wrapping): per-frame hot path.
-_reply_header = framing.reply_header
-_frame_size = framing.frame_size
+_reply_header = framing.reply_header_raw
+_frame_size = framing._frame_size
 _build_frame_raw = framing.build_frame_raw
 _WRONG_SEQ = int(FrameStatus.WRONG_SEQ)
 _TIME_EXTENSION = int(CommandStatus.TIME_EXTENSION)
@@ -284,7 +284,7 @@ class FrameAssembler:
                 # The common case: one read, one frame.
                 return chunk if type(chunk) is bytes else bytes(chunk)
         self._buf += chunk
-        size = framing.frame_size(self._buf)
+        size = _frame_size(self._buf)
         if size < 0:
             if not chunk:
                 self.reset()

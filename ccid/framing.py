@@ -12,7 +12,7 @@ from enum import IntEnum
 from types import ModuleType
 
 from ccid import _framing_py as _py
-from ccid.errors import ProtocolError
+from ccid.errors import ProtocolError, UsageError
 
 __all__ = [
     "BACKEND",
@@ -89,51 +89,116 @@ def _load_backend() -> tuple[str, ModuleType | None]:
 BACKEND, _impl = _load_backend()
 _active: ModuleType = _impl if _impl is not None else _py
 
-# Bind the active implementation's functions directly: no per-call dispatch cost.
+# Bind the active implementation's functions directly: no per-call dispatch cost. These
+# raw bindings trust their arguments (the engine and the reader call them per frame with
+# bytes and ints they built); the public functions below check theirs.
 build_frame_raw = _active.build_frame
-frame_size = _active.frame_size
+_frame_size = _active.frame_size
 _check_reply = _active.check_reply
-lrc = _active.lrc
+_lrc = _active.lrc
 #: (buf, expect_type, slot, seq, max_length) -> check status | bStatus << 8 | bError << 16
 #: | byte 9 << 24 in one call; ``code & 0xC0FF == 0`` is the complete, successful reply.
-reply_header = _active.reply_header
-crc16 = _active.crc16
+#: Unchecked: :func:`reply_header` is the checked form.
+reply_header_raw = _active.reply_header
+_crc16 = _active.crc16
 _build_t1 = _active.build_t1_block
 _check_t1 = _active.check_t1_block
 _split = _active.split_extended
 _join = _active.join_chained
 
+_BYTES_LIKE = (bytes, bytearray, memoryview)
+# What the twins raise for arguments of the wrong type or range: the caller's mistake.
+_MISUSE = (TypeError, ValueError, IndexError, OverflowError, AttributeError)
+
+
+def _need_bytes(value: object, what: str) -> None:
+    if not isinstance(value, _BYTES_LIKE):
+        raise UsageError(f"{what} must be bytes-like, not {type(value).__name__}")
+
+
+def _need_int(value: object, what: str, high: int = 0xFF) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= high:
+        raise UsageError(f"{what} must be an integer 0..{high}, not {value!r}")
+
+
+def _misuse(exc: Exception, what: str) -> UsageError:
+    return UsageError(f"bad argument to {what}: {exc}")
+
 
 def build_frame(msg_type: int, slot: int, seq: int, p1: int = 0, p2: int = 0, p3: int = 0,
                 payload: bytes = b"") -> bytes:
     """One PC_to_RDR frame: 10-byte header then payload."""
+    for value, what in ((msg_type, "bMessageType"), (slot, "bSlot"), (seq, "bSeq"),
+                        (p1, "byte 7"), (p2, "byte 8"), (p3, "byte 9")):
+        _need_int(value, what)
+    _need_bytes(payload, "payload")
     return build_frame_raw(msg_type, slot, seq, p1, p2, p3, payload)  # type: ignore[no-any-return]
 
 
 def parse_header(buf: bytes) -> tuple[int, int, int, int, int, int, int]:
     """(bMessageType, dwLength, bSlot, bSeq, byte7, byte8, byte9) of a frame."""
+    _need_bytes(buf, "frame")
     if len(buf) < 10:
         raise ProtocolError(f"frame of {len(buf)} bytes is shorter than the 10-byte header")
     return (buf[0], int.from_bytes(buf[1:5], "little"), buf[5], buf[6], buf[7], buf[8], buf[9])
 
 
+def _check_args(buf: object, expect_type: object, slot: object, seq: object,
+                max_length: object) -> None:
+    _need_bytes(buf, "frame")
+    _need_int(expect_type, "expected bMessageType")
+    _need_int(slot, "bSlot")
+    _need_int(seq, "bSeq")
+    _need_int(max_length, "max_length", 0xFFFFFFFF)
+
+
 def check_reply(buf: bytes, expect_type: int, slot: int, seq: int,
                 max_length: int = 0) -> FrameStatus:
     """Check an RDR_to_PC frame against the command sent (max_length 0: no limit)."""
+    _check_args(buf, expect_type, slot, seq, max_length)
     code: int = _check_reply(buf, expect_type, slot, seq, max_length)
     return _FRAME_STATUS[code]
 
 
+def reply_header(buf: bytes, expect_type: int, slot: int, seq: int, max_length: int) -> int:
+    """:class:`FrameStatus` code | bStatus << 8 | bError << 16 | byte 9 << 24 of a reply
+    (only the status when it is shorter than a header)."""
+    _check_args(buf, expect_type, slot, seq, max_length)
+    return reply_header_raw(buf, expect_type, slot, seq, max_length)  # type: ignore[no-any-return]
+
+
+def frame_size(buf: bytes) -> int:
+    """Total size a header announces (10 + dwLength), or -1 when fewer than 10 bytes."""
+    _need_bytes(buf, "frame")
+    return _frame_size(buf)  # type: ignore[no-any-return]
+
+
+def lrc(data: bytes) -> int:
+    """Longitudinal redundancy check: XOR of all bytes."""
+    _need_bytes(data, "data")
+    return _lrc(data)  # type: ignore[no-any-return]
+
+
+def crc16(data: bytes) -> int:
+    """T=1 CRC (reflected 0x8408, init 0xFFFF, no final XOR)."""
+    _need_bytes(data, "data")
+    return _crc16(data)  # type: ignore[no-any-return]
+
+
 def build_t1_block(nad: int, pcb: int, inf: bytes, crc: bool) -> bytes:
     """A T=1 block: NAD PCB LEN INF EDC."""
+    _need_int(nad, "NAD")
+    _need_int(pcb, "PCB")
+    _need_bytes(inf, "INF")
     if len(inf) > 254:
         raise ProtocolError(f"T=1 INF of {len(inf)} bytes exceeds 254")
-    return _build_t1(nad, pcb, inf, crc)  # type: ignore[no-any-return]
+    return _build_t1(nad, pcb, inf, bool(crc))  # type: ignore[no-any-return]
 
 
 def check_t1_block(block: bytes, crc: bool) -> tuple[int, int, bytes]:
     """(NAD, PCB, INF) of a valid T=1 block; T1BlockError otherwise."""
-    status, nad, pcb, inf = _check_t1(block, crc)
+    _need_bytes(block, "T=1 block")
+    status, nad, pcb, inf = _check_t1(block, bool(crc))
     if status:
         code = T1Status(status)
         raise T1BlockError(f"{_T1_TEXT[code]} ({bytes(block[:8]).hex(' ')}…)", code)
@@ -142,8 +207,9 @@ def check_t1_block(block: bytes, crc: bool) -> tuple[int, int, bytes]:
 
 def split_extended(apdu: bytes, chunk: int) -> list[tuple[int, bytes]]:
     """(wLevelParameter, part) pieces of at most ``chunk`` bytes for extended-APDU level."""
-    if chunk <= 0:
-        raise ValueError("chunk size must be positive")
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk <= 0:
+        raise UsageError(f"chunk size must be a positive integer, not {chunk!r}")
+    _need_bytes(apdu, "APDU")
     return _split(apdu, chunk)  # type: ignore[no-any-return]
 
 
@@ -157,7 +223,17 @@ _JOIN_TEXT = {
 
 def join_chained(parts: list[tuple[int, bytes]]) -> bytes:
     """Join a chained response's (bChainParameter, data) pieces; ProtocolError if disordered."""
-    status, data = _join(parts)
+    if not isinstance(parts, list | tuple):
+        raise UsageError(f"pieces must be a list of (bChainParameter, data), not "
+                         f"{type(parts).__name__}")
+    try:
+        status, data = _join(parts)
+    except _MISUSE as exc:
+        raise _misuse(exc, "join_chained") from None
     if status:
         raise ProtocolError(_JOIN_TEXT[status])
-    return data  # type: ignore[no-any-return]
+    if type(data) is not bytes:
+        if not isinstance(data, _BYTES_LIKE):
+            raise UsageError(f"response pieces must be bytes-like, not {type(data).__name__}")
+        data = bytes(data)
+    return data

@@ -75,7 +75,7 @@ from ccid.errors import (
     UnsupportedReaderError,
     UsageError,
 )
-from ccid.framing import reply_header as _reply_header
+from ccid.framing import reply_header_raw as _reply_header
 from ccid.framing import split_extended
 from ccid.protocol.atr import ATR, parse_atr
 from ccid.protocol.params import (
@@ -1177,9 +1177,15 @@ class Reader:
                     raise ReaderTimeoutError(
                         f"the reader did not answer within {this_wait:.1f} s; the command "
                         "was aborted", reader=self.name, slot=pending.slot) from None
+                if this_wait >= remaining:
+                    # The ceiling ran out (maybe a hair early, or mid-frame): reading on
+                    # would pick up the rest of the frame as a new one.
+                    deadline = 0.0
                 continue  # the ceiling check above aborts and raises
             except ProtocolError:
-                self._recover()
+                # An unreadable reply (truncated, garbage): the reader may still be busy
+                # with the command or still sending; ABORT leaves the slot clean.
+                self._abort(pending)
                 raise
             # The common case first: the complete, successful reply to this command.
             if raw and not _reply_header(frame, pending.expect_type, pending.slot,
@@ -1262,17 +1268,23 @@ class Reader:
         while True:
             left = end - _monotonic()
             partial = assembler.pending_bytes
-            if partial:
+            if left <= 0:
+                # Also with part of a frame held: a reply trickling in must not keep the
+                # call alive past its ceiling (the caller aborts the command).
+                assembler.reset()
+                raise ReaderTimeoutError(
+                    f"no complete reply in time ({partial} bytes of a frame came)"
+                    if partial else "no reply in time", reader=self.name)
+            cut = partial > 0 and left > CONTINUATION_WAIT
+            if cut:
                 # The rest of a frame follows at once on a healthy bus: do not wait a
                 # whole card timeout for bytes that will never come.
-                left = min(max(left, 0.01), CONTINUATION_WAIT)
-            elif left <= 0:
-                raise ReaderTimeoutError("no reply in time", reader=self.name)
+                left = CONTINUATION_WAIT
             try:
                 chunk = transport.read(left)
             except ReaderTimeoutError:
                 assembler.reset()
-                if partial:
+                if cut:  # silence within the call's time: the frame was cut short
                     raise ProtocolError(
                         f"reply truncated: the transfer stopped after {partial} bytes",
                         reader=self.name) from None
@@ -1320,7 +1332,10 @@ class Reader:
                 self._outstanding.add(abort.seq)
             try:
                 while time.monotonic() < end:
-                    frame = self._receive(abort.seq, max(0.01, end - time.monotonic()))
+                    try:
+                        frame = self._receive(abort.seq, max(0.01, end - time.monotonic()))
+                    except ProtocolError:
+                        continue  # the rest of the aborted command's reply: skip it
                     if len(frame) >= 7 and frame[6] == abort.seq:
                         return
             finally:
@@ -1342,6 +1357,9 @@ class Reader:
         transport = self._transport
         if transport is None:
             return
+        if not self._serial:
+            self._drain_routed(quiet)
+            return
         self._assembler.reset()
         for _ in range(16):
             try:
@@ -1354,6 +1372,41 @@ class Reader:
             except CCIDError:
                 break
         self._assembler.reset()
+
+    def _drain_routed(self, quiet: float) -> None:
+        """:meth:`_drain` with other slots' commands in flight: their replies go to the
+        mailbox by bSeq, only frames nobody waits for are dropped."""
+        end = time.monotonic() + quiet
+        with self._rx:
+            while self._rx_busy:
+                # Another thread is reading: it routes every frame by bSeq itself.
+                left = end - time.monotonic()
+                if left <= 0:
+                    return
+                self._rx.wait(left)
+            self._rx_busy = True
+        try:
+            for _ in range(16):
+                try:
+                    frame = self._read_frame(time.monotonic() + quiet)
+                except ReaderTimeoutError:
+                    break
+                except ReaderRemovedError:
+                    self._lost()
+                    raise
+                except ProtocolError:
+                    continue  # an unreadable frame nobody can claim
+                except CCIDError:
+                    break
+                fseq = frame[6] if len(frame) > 6 else -1
+                with self._rx:
+                    if fseq in self._outstanding:
+                        self._mailbox[fseq] = frame
+                        self._rx.notify_all()
+        finally:
+            with self._rx:
+                self._rx_busy = False
+                self._rx.notify_all()
 
     def _lost(self) -> None:
         if self._closed:
@@ -1841,6 +1894,13 @@ class Reader:
                     done: bytes = response
                     return done
                 block = following
+        except BaseException:
+            if t1.state.value != "idle":
+                # Abandoned mid-exchange (timeout, bad reply, card gone): the next APDU
+                # starts clean; sequence numbers that drifted from the card's are T=1
+                # error recovery's job (R-blocks, then RESYNCH).
+                t1.reset()
+            raise
         finally:
             if held:
                 self._busy.release()
@@ -2101,16 +2161,17 @@ class Card:
 
         ``raw=True`` (T=0 only) returns 61xx / 6Cxx as the card gave them.
         """
-        if type(apdu) is not bytes:
-            apdu = bytes(apdu)
         reader = self.reader
+        if type(apdu) is not bytes:
+            apdu = _as_apdu(apdu, reader.name, self.slot)
         if self.mode == "direct":
             raise UsageError("a direct-mode handle cannot transmit APDUs", reader=reader.name,
                              slot=self.slot)
         if len(apdu) < 4:
             raise UsageError(f"APDU of {len(apdu)} bytes is shorter than its 4-byte header",
                              reader=reader.name, slot=self.slot)
-        ceiling = reader.timeout if timeout is None else float(timeout)
+        ceiling = reader.timeout if timeout is None else _as_seconds(timeout, "timeout",
+                                                                     reader.name, self.slot)
         if _trace.enabled:  # the one trace test of an APDU when tracing is off
             with _trace.span(reader.name, "Card.transmit"):
                 return self._transmit(apdu, ceiling, raw)

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 import ccid.framing as framing
 from ccid import _framing_py as py
-from ccid.errors import ProtocolError
+from ccid.errors import ProtocolError, UsageError
 
 try:
     from ccid import _fast
@@ -342,11 +342,88 @@ def test_front_raises_specific_errors() -> None:
         framing.join_chained([(1, b"a"), (1, b"b")])
     with pytest.raises(ProtocolError):
         framing.parse_header(b"\x80\0\0")
-    with pytest.raises(ValueError):
+    with pytest.raises(UsageError):
         framing.split_extended(b"abc", 0)
     status = framing.check_reply(b"\x80" + bytes(9), 0x80, 0, 0)
     assert status is framing.FrameStatus.OK
     assert framing.check_reply(b"\x80", 0x80, 0, 0) is framing.FrameStatus.SHORT_HEADER
+
+
+# Misuse of every front function: each must end in a ccid error (UsageError for the
+# caller's mistake), never TypeError/ValueError/IndexError or a silent answer.
+_MISUSE_SCRIPT = """
+import ccid.framing as f
+from ccid.errors import CCIDError
+calls = [
+    lambda: f.build_frame(0x6F, 0, 0, payload="ab"),
+    lambda: f.build_frame(0x6F, 0, 0, payload=None),
+    lambda: f.build_frame(0x6F, 0, 0, payload=[1, 2]),
+    lambda: f.build_frame(0x6F, 300, 0),
+    lambda: f.build_frame(0x6F, -1, 0),
+    lambda: f.build_frame(0x6F, "0", 0),
+    lambda: f.build_frame(0x6F, 0, 2**70),
+    lambda: f.parse_header("0123456789"),
+    lambda: f.parse_header(None),
+    lambda: f.check_reply("0123456789", 0x80, 0, 0),
+    lambda: f.check_reply(None, 0x80, 0, 0),
+    lambda: f.check_reply(bytes(10), 0x80, "0", 0),
+    lambda: f.check_reply(bytes(10), 0x80, 0, 0, -1),
+    lambda: f.reply_header(None, 0x80, 0, 0, 0),
+    lambda: f.reply_header(bytes(10), 0x80, 0, 2**70, 0),
+    lambda: f.frame_size("0123456789"),
+    lambda: f.frame_size(None),
+    lambda: f.lrc("ab"),
+    lambda: f.lrc([1, 2]),
+    lambda: f.crc16(5),
+    lambda: f.crc16(None),
+    lambda: f.build_t1_block(300, 0, b"", False),
+    lambda: f.build_t1_block(0, "0", b"", False),
+    lambda: f.build_t1_block(0, 0, "ab", False),
+    lambda: f.build_t1_block(0, 0, None, True),
+    lambda: f.build_t1_block(0, 0, bytes(255), False),
+    lambda: f.check_t1_block("abcd", False),
+    lambda: f.check_t1_block(None, True),
+    lambda: f.split_extended(b"abcd", 0),
+    lambda: f.split_extended(b"abcd", -3),
+    lambda: f.split_extended(b"abcd", "2"),
+    lambda: f.split_extended(b"abcd", 2.0),
+    lambda: f.split_extended("abcd", 2),
+    lambda: f.split_extended(5, 2),
+    lambda: f.join_chained(None),
+    lambda: f.join_chained([(0, "ab")]),
+    lambda: f.join_chained([(1, b"a"), (2, "b")]),
+    lambda: f.join_chained([(0,)]),
+    lambda: f.join_chained([("0", b"ab")]),
+    lambda: f.join_chained([]),
+]
+for call in calls:
+    try:
+        value = call()
+    except CCIDError as exc:
+        print(type(exc).__name__)
+    except Exception as exc:
+        print("LEAK", type(exc).__name__)
+    else:
+        print("ANSWER", repr(value)[:30])
+"""
+
+
+@pytest.mark.parametrize("pure", ["1", "0"])
+def test_misuse_gives_ccid_errors_the_same_for_both_twins(pure: str) -> None:
+    if pure == "0" and _fast is None:
+        pytest.skip("ccid._fast_cffi not built")
+    got = subprocess.run(
+        [sys.executable, "-c", _MISUSE_SCRIPT], cwd=ROOT, capture_output=True, text=True,
+        timeout=60, check=True, env={**os.environ, "CCID_PURE_PYTHON": pure}).stdout.split("\n")
+    twin = subprocess.run(
+        [sys.executable, "-c", _MISUSE_SCRIPT], cwd=ROOT, capture_output=True, text=True,
+        timeout=60, check=True, env={**os.environ, "CCID_PURE_PYTHON": "1"}).stdout.split("\n")
+    assert got == twin
+    got = [line for line in got if line]
+    assert len(got) == _MISUSE_SCRIPT.count("lambda:")
+    assert set(got) <= {"UsageError", "ProtocolError", "T1BlockError"}, got
+    assert got.count("UsageError") >= len(got) - 4  # only a disordered chain or an
+    # oversized INF are the other side's kind of error
 
 
 def _backend_in_subprocess(**env: str) -> str:

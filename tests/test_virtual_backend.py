@@ -291,13 +291,27 @@ def test_zero_length_packet_after_full_packets() -> None:
         link.recv(timeout=20)  # the ZLP was consumed by the larger read
 
 
-def test_short_buffer_returns_what_fits_and_keeps_the_rest() -> None:
+def test_short_buffer_overflows_as_with_libusb() -> None:
     link = Link(_echo_reader())
-    link.send(M.PC_to_RDR_Escape, payload=bytes(range(100)))  # 110 bytes
-    first = link.recv(size=30)
-    rest = link.recv(size=4096)
+    link.send(M.PC_to_RDR_Escape, payload=bytes(range(100)))  # 110 bytes: 64 + 46
+    with pytest.raises(usb.core.USBError) as info:
+        link.recv(size=30)  # the first packet holds 64 bytes
+    assert _errno(info) == errno.EOVERFLOW
+    assert info.value.backend_error_code == -8  # LIBUSB_ERROR_OVERFLOW
+    assert "Overflow" in str(info.value)
+    # The transfer's data is gone: only the packets after it remain.
+    assert link.recv(size=4096) == bytes(range(54, 100))
+    # Room for one whole packet but not the second: the second overflows.
+    link.send(M.PC_to_RDR_Escape, payload=bytes(range(100)))
+    with pytest.raises(usb.core.USBError) as info:
+        link.recv(size=100)
+    assert _errno(info) == errno.EOVERFLOW
+    # Whole packets: a read of exactly one packet takes it, the short one ends the next.
+    seq = link.send(M.PC_to_RDR_Escape, payload=bytes(range(100)))
+    first = link.recv(size=64)
+    rest = link.recv(size=64)
     # bStatus 0x01: a card is present, not powered
-    assert len(first) == 30 and first + rest == build_frame(0x83, 0, 0, 0x01, 0, 0,
+    assert len(first) == 64 and first + rest == build_frame(0x83, 0, seq, 0x01, 0, 0,
                                                             bytes(range(100)))
 
 

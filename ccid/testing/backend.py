@@ -14,9 +14,10 @@ its string descriptors. Transfers behave as libusb's do through pyusb:
   reply whose length is a multiple of wMaxPacketSize ends with a zero-length packet: a
   read whose buffer is exactly the reply's size leaves that ZLP for the next read, which
   returns 0 bytes, as on real USB;
-* a read with a buffer smaller than the pending packet returns what fits and the rest
-  stays pending for the next read (real USB would report an overflow and lose it; we keep
-  the bytes so that a driver's short buffer shows up as a framing problem, not a crash).
+* a read takes whole packets: a packet with more data than the buffer has room left for
+  fails the read with ``USBError`` errno EOVERFLOW ("Overflow", libusb code
+  LIBUSB_ERROR_OVERFLOW -8), and the data of that transfer is lost, as with libusb; read
+  a multiple of wMaxPacketSize to never see it.
 
 Blocking reads wait on the reader's conditions, no polling: bulk transfers on ``cv``,
 interrupt reads on ``intr_cv`` (same lock), which only interrupt messages, reset and
@@ -70,6 +71,7 @@ _ERRORS = {
     errno.ENOENT: (-5, "Entity not found"),
     errno.EINVAL: (-2, "Invalid parameter"),
     errno.EIO: (-1, "Input/output error"),
+    errno.EOVERFLOW: (-8, "Overflow"),
 }
 
 
@@ -521,21 +523,15 @@ class VirtualBackend(usb.backend.IBackend):  # type: ignore[misc]
             view = memoryview(buff).cast("B")
             n = 0
             while queue and n < size:
-                packet = queue[0]
-                room = size - n
-                if len(packet) > room:
-                    view[n:size] = packet[:room]
-                    queue[0] = packet[room:]
-                    n = size
-                    reader.cut_packet = True
-                    break
-                queue.popleft()
+                packet = queue.popleft()
+                if len(packet) > size - n:
+                    # The device sent more than the buffer holds: libusb fails the whole
+                    # transfer (LIBUSB_ERROR_OVERFLOW) and its data is gone.
+                    raise _usb_error(errno.EOVERFLOW)
                 view[n : n + len(packet)] = packet
                 n += len(packet)
-                was_cut = reader.cut_packet
-                reader.cut_packet = False
-                if len(packet) < mps and not was_cut:
-                    break
+                if len(packet) < mps:
+                    break  # a short (or zero-length) packet ends the transfer
             return n
 
     def bulk_read(self, dev_handle: _Handle, ep: int, intf: int, buff: array.array[int],

@@ -27,6 +27,7 @@ __all__ = [
     "StaleFrame",
     "Stall",
     "TimeExtension",
+    "Trickle",
     "Truncate",
     "Unplug",
     "WrongSeq",
@@ -146,6 +147,22 @@ class SlowCard(Fault):
     """The reply comes ``delay`` seconds late (on top of the card's own delay)."""
 
     delay: float = 0.5
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Trickle(Fault):
+    """The reply dribbles out: ``piece`` bytes at a time (each piece its own bulk-IN
+    transfer, ending with a short packet, or a zero-length one when ``piece`` is a multiple
+    of wMaxPacketSize), one piece every ``interval`` seconds, the first at once.
+
+    ``pad``: bytes of filler (0x00) added after the reply, with dwLength counting them, so
+    the frame takes longer to complete (a reader stuck sending a frame). ABORT stops the
+    pieces not yet sent; the frame then ends as an abort failure with the command's bSeq.
+    """
+
+    piece: int = 1
+    interval: float = 0.2
+    pad: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -773,7 +773,19 @@ class VirtualReader:
                     self.wedged = True
         if reply is not None:
             self._last_reply = reply
-        frames.append((delay, reply, True))
+        trickle = next((f for f in taken if isinstance(f, F.Trickle)), None)
+        if trickle is not None and reply is not None:
+            # Every piece but the last is "not final": ABORT drops those still to come.
+            if trickle.pad > 0 and len(reply) >= HEADER_SIZE:
+                n = (int.from_bytes(reply[1:5], "little") + trickle.pad) & 0xFFFFFFFF
+                reply = reply[:1] + n.to_bytes(4, "little") + reply[5:] + bytes(trickle.pad)
+            step = max(1, trickle.piece)
+            cuts = range(0, len(reply), step)
+            for k, at in enumerate(cuts):
+                frames.append((delay + k * trickle.interval, reply[at:at + step],
+                               k == len(cuts) - 1))
+        else:
+            frames.append((delay, reply, True))
         self._schedule(cmd, slot, seq, frames)
         for fault in taken:
             if isinstance(fault, F.Stall) and fault.endpoint == "in":

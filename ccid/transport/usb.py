@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import array
 import errno
+import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -66,6 +67,16 @@ _PCSCD_HINT = (
 
 _default_backend: Any = None
 _default_lock = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    # A parent thread may have held the lock at fork(): the child starts with a free one.
+    global _default_lock
+    _default_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def default_backend() -> Any:
@@ -284,15 +295,14 @@ class UsbTransport:
         self._detached = False
         self._closed = False
         self._inherited = False
-        packet = max(info.bulk_in_packet, 8)
+        self._packet = max(info.bulk_in_packet, 8)
         wanted = max(info.descriptor.dwMaxCCIDMessageLength, 271) + 10
         self._bulk_in = info.bulk_in
         self._bulk_out = info.bulk_out
         self._buffer = array.array("B")
         self._view = memoryview(self._buffer)
         self._buffer_lock = threading.Lock()
-        # Whole packets only: a read that ends mid-packet overflows on real libusb.
-        self.read_size = (wanted + packet - 1) // packet * packet
+        self.read_size = wanted
 
     @property
     def read_size(self) -> int:
@@ -301,6 +311,9 @@ class UsbTransport:
 
     @read_size.setter
     def read_size(self, size: int) -> None:
+        # Whole packets only: a read that ends mid-packet overflows on real libusb.
+        packet = self._packet
+        size = (max(size, 1) + packet - 1) // packet * packet
         # One buffer reused by every read: pyusb then neither allocates nor slices an array
         # per transfer. A read that finds it in use (a drain racing the reading thread)
         # takes a fresh one.
@@ -495,7 +508,8 @@ class UsbTransport:
         if self.info.interrupt_in is None:
             return None
         dev = self._device()
-        size = max(size, self.info.interrupt_packet, 8)
+        packet = max(self.info.interrupt_packet, 1)
+        size = (max(size, packet, 8) + packet - 1) // packet * packet  # whole packets
         try:
             data = dev.read(self.info.interrupt_in, size, max(1, int(timeout_ms)))
         except usb.core.USBTimeoutError:
