@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
+from ccid._args import as_bytes as _as_bytes
 from ccid.constants import (
     CCID_DESCRIPTOR_LENGTH,
     CCID_DESCRIPTOR_TYPE,
@@ -151,25 +152,6 @@ class CCIDDescriptor:
 
 
 DESCRIPTOR_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(CCIDDescriptor))
-
-
-def _as_bytes(raw: object, what: str) -> bytes:
-    """``raw`` as bytes; UsageError for what is not bytes (an int, hex text, None)."""
-    if type(raw) is bytes:
-        return raw
-    if isinstance(raw, str):
-        raise UsageError(f"{what} must be bytes, not str (use bytes.fromhex(...))")
-    if raw is not None and not isinstance(raw, int):
-        try:
-            return bytes(memoryview(raw))  # type: ignore[arg-type]
-        except TypeError:
-            pass
-        if isinstance(raw, list | tuple):
-            try:
-                return bytes(raw)
-            except (TypeError, ValueError):
-                raise UsageError(f"{what} must hold byte values 0..255") from None
-    raise UsageError(f"{what} must be bytes, not {type(raw).__name__}")
 
 
 def parse_ccid_descriptor(raw: bytes) -> CCIDDescriptor:

@@ -38,6 +38,7 @@ from construct import (
     this,
 )
 
+from ccid._args import as_bytes as _as_bytes
 from ccid.constants import (
     HEADER_SIZE,
     ClassRequest,
@@ -907,7 +908,7 @@ def parse_message(raw: bytes) -> ParsedMessage:
     A short buffer, an unknown bMessageType, a dwLength that disagrees with the bytes or a
     malformed structure raise ProtocolError.
     """
-    raw = bytes(raw)
+    raw = _as_bytes(raw, "the CCID message")
     if len(raw) < HEADER_SIZE:
         raise ProtocolError(
             f"CCID message of {len(raw)} bytes is shorter than the 10-byte header"
@@ -947,7 +948,7 @@ def parse_interrupt(raw: bytes, slot_count: int) -> NotifySlotChange | HardwareE
     """
     if not 1 <= slot_count <= 256:
         raise UsageError(f"slot_count {slot_count} is outside 1..256")
-    raw = bytes(raw)
+    raw = _as_bytes(raw, "the interrupt message")
     if not raw:
         raise ProtocolError("empty interrupt message")
     kind = raw[0]

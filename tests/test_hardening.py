@@ -313,8 +313,16 @@ def in_child(body: Callable[[], int], seconds: int = 20) -> int:
             code = 98
         finally:
             os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status)
+    deadline = time.monotonic() + seconds + 10
+    while True:  # a child stuck for good (SIGALRM handled, then a second deadlock) is killed
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            return -signal.SIGKILL
+        time.sleep(0.02)
 
 
 def hold_during_fork(lock: Any, body: Callable[[], int]) -> int:
@@ -516,9 +524,10 @@ def test_bad_ccid_trace_path_warns_once_and_the_library_works(tmp_path: Any) -> 
 
 
 def test_close_while_threads_transmit_waits_for_their_transfers() -> None:
-    vr = preset_reader("gemalto-pc-twin", card=VirtualCard(protocols=(1,), delay=0.02))
+    vr = preset_reader("gemalto-pc-twin", card=VirtualCard(protocols=(1,), delay=0.2))
     backend = WatchedBackend(vr)
-    reader = ccid.open_reader(backend=backend, quirks=False)
+    # no event thread: close() goes straight for the handle, nothing else delays it
+    reader = ccid.open_reader(backend=backend, quirks=False, events=False)
     outcomes: list[str] = []
     strange: list[BaseException] = []
     started = threading.Barrier(5)
@@ -614,3 +623,13 @@ def test_voltage_classes_are_tried_from_5_v_down(support: int, features: int,
     assert [frame[7] for frame in powers if frame[0] == 0x62] == expected  # bPowerSelect
     # each refused class is deactivated before the next is tried (ISO/IEC 7816-3 6.2.4)
     assert [frame[0] for frame in powers] == [0x62, 0x63] * (len(expected) - 1) + [0x62]
+
+
+def test_message_parsers_refuse_text_with_a_usage_error() -> None:
+    from ccid.errors import UsageError
+    from ccid.messages import parse_interrupt, parse_message
+
+    for call in (lambda: parse_message("65 00"), lambda: parse_interrupt("50 02", 1),
+                 lambda: parse_message(5)):
+        with pytest.raises(UsageError):
+            call()

@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from ccid.errors import ProtocolError, UsageError
+from ccid._args import as_bytes as _as_bytes
+from ccid.errors import ProtocolError
 from ccid.protocol.params import DEFAULT_FI_DI, DI_TABLE, FI_TABLE, FMAX_TABLE
 
 __all__ = ["ATR", "ATRError", "parse_atr"]
@@ -300,25 +301,6 @@ def _truncated(what: str, raw: bytes) -> ATRError:
     return ATRError(f"truncated ATR: {what} missing after {len(raw)} bytes ({_hex(raw)})")
 
 
-def _atr_bytes(raw: object) -> bytes:
-    """The ATR as bytes; UsageError for what is not bytes (an int, hex text, None)."""
-    if type(raw) is bytes:
-        return raw
-    if isinstance(raw, str):
-        raise UsageError(f"the ATR must be bytes, not str (use bytes.fromhex({raw[:16]!r}))")
-    if raw is not None and not isinstance(raw, int):
-        try:
-            return bytes(memoryview(raw))  # type: ignore[arg-type]
-        except TypeError:
-            pass
-        if isinstance(raw, list | tuple):
-            try:
-                return bytes(raw)
-            except (TypeError, ValueError):
-                raise UsageError("the ATR must hold byte values 0..255") from None
-    raise UsageError(f"the ATR must be bytes, not {type(raw).__name__}")
-
-
 def parse_atr(raw: bytes, *, check_tck: bool = True) -> ATR:
     """Decode an ATR; ``ATRError`` when it is malformed.
 
@@ -326,7 +308,7 @@ def parse_atr(raw: bytes, *, check_tck: bool = True) -> ATR:
     after an ATR offering only T=0 is read as a (non-required) TCK and checked too.
     With ``check_tck=False`` a wrong TCK gives ``tck_ok=False`` instead of an error.
     """
-    raw = _atr_bytes(raw)
+    raw = _as_bytes(raw, "the ATR")
     if not raw:
         raise ATRError("empty ATR")
     if len(raw) > MAX_ATR_LENGTH:
