@@ -7,6 +7,7 @@ functions); its declarations live in ``ccid/_fast.h``.
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -14,30 +15,17 @@ from cffi import FFI
 
 HERE = Path(__file__).resolve().parent
 
-# Same prototypes as _fast.h (cffi's cdef does not read preprocessor headers).
-CDEF = """
-int ccid_build_header(uint8_t *out, size_t cap, int msg_type, int slot, int seq, int p1,
-                      int p2, int p3, uint64_t payload_len);
-long long ccid_build_frame(uint8_t *out, size_t cap, int msg_type, int slot, int seq, int p1,
-                           int p2, int p3, const uint8_t *payload, size_t payload_len);
-long long ccid_frame_size(const uint8_t *buf, size_t len);
-int ccid_check_reply(const uint8_t *buf, size_t len, long long expect_type, long long slot,
-                     long long seq, long long max_length);
-long long ccid_reply_header(const uint8_t *buf, size_t len, long long expect_type,
-                            long long slot, long long seq, long long max_length);
-unsigned int ccid_lrc(const uint8_t *data, size_t len);
-unsigned int ccid_crc16(const uint8_t *data, size_t len);
-long long ccid_build_t1_block(uint8_t *out, size_t cap, int nad, int pcb, const uint8_t *inf,
-                              size_t inf_len, int crc);
-int ccid_check_t1_block(const uint8_t *block, size_t len, int crc);
-long long ccid_split_count(size_t apdu_len, long long chunk);
-long long ccid_split_extended(size_t apdu_len, long long chunk, uint16_t *levels,
-                              size_t *offsets, size_t *lengths, size_t cap);
-int ccid_join_check(const uint8_t *levels, size_t count);
-int ccid_join_chained(const uint8_t *levels, const uint8_t *const *data,
-                      const size_t *lengths, size_t count, uint8_t *out, size_t cap,
-                      size_t *out_len);
-"""
+
+
+def _prototypes(header: Path) -> str:
+    """The function prototypes of ``_fast.h``, one place for them: cffi's cdef reads no
+    preprocessor lines, so comments and ``#`` lines (guards, includes, the code macros,
+    whose values Python takes from ``ccid._framing_py``) are dropped."""
+    text = re.sub(r"/\*.*?\*/", "", header.read_text(encoding="utf-8"), flags=re.S)
+    return "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+
+
+CDEF = _prototypes(HERE / "_fast.h")
 
 ffibuilder = FFI()
 # Inputs are declared ``const uint8_t *`` on the Python side: cffi then passes a ``bytes``
