@@ -46,7 +46,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ccid.constants import ExchangeLevel, Features, PINSupport, Protocols, Voltage
-from ccid.descriptor import CCIDDescriptor, parse_ccid_descriptor
 from ccid.errors import DatabaseError, UnsupportedReaderError, UsageError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -54,6 +53,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     import yaml
 
+    from ccid.descriptor import CCIDDescriptor
     from ccid.quirks import Quirk
 
 __all__ = [
@@ -208,6 +208,9 @@ class ReaderEntry:
         """The dumped class descriptor, parsed (before any quirk)."""
         if self.raw_descriptor is None:
             return None
+        # imported here: lookups do not need the descriptor module (cold-start cost)
+        from ccid.descriptor import parse_ccid_descriptor
+
         return parse_ccid_descriptor(self.raw_descriptor)
 
 
@@ -434,6 +437,8 @@ class _Schema:
         return value
 
     def descriptor(self, node: yaml.Node, where: str) -> str:
+        from ccid.descriptor import parse_ccid_descriptor
+
         value = self.hexbytes(node, where)
         try:
             parse_ccid_descriptor(bytes.fromhex(value))
