@@ -1834,14 +1834,7 @@ class Reader:
                     not _AT_FORK and self._pid != os.getpid()):
                 self._check_usable()
                 transport = self._live_transport()
-            try:
-                self._write(transport, pending.frame, wait if wait >= 0.5 else
-                            (left if left < 0.5 else 0.5))
-                held_frame: bytes = self._await(pending, wait, deadline, left, True, True)
-                return held_frame
-            except ReaderRemovedError:
-                self._lost()
-                raise
+            return self._write_await(transport, pending, wait, deadline, left)
         busy = self._busy
         # One outstanding command on a healthy reader (the common case): what _send does,
         # without its generality.
@@ -1849,17 +1842,23 @@ class Reader:
                 self._closed or self._removed or self._inherited) and (
                 _AT_FORK or self._pid == os.getpid()) and busy.acquire(False):
             try:
-                self._write(transport, pending.frame, wait if wait >= 0.5 else
-                            (left if left < 0.5 else 0.5))
-                frame: bytes = self._await(pending, wait, deadline, left, True, True)
-                return frame
-            except ReaderRemovedError:
-                self._lost()
-                raise
+                return self._write_await(transport, pending, wait, deadline, left)
             finally:
                 busy.release()
-        frame = self._send(pending, wait, left, True, True)
+        frame: bytes = self._send(pending, wait, left, True, True)
         return frame
+
+    def _write_await(self, transport: UsbTransport, pending: Pending, wait: float,
+                     deadline: float, left: float) -> bytes:
+        """Write one command and wait for its reply frame; the caller holds the reader."""
+        try:
+            self._write(transport, pending.frame, wait if wait >= 0.5 else
+                        (left if left < 0.5 else 0.5))
+            frame: bytes = self._await(pending, wait, deadline, left, True, True)
+            return frame
+        except ReaderRemovedError:
+            self._lost()
+            raise
 
     def _t0_run(self, s: _Slot, apdu: bytes, ceiling: float, raw: bool) -> bytes:
         exchange = T0Exchange(apdu, auto_get_response=self.auto_get_response and not raw)
