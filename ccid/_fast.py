@@ -68,6 +68,18 @@ def _view(data: Any) -> Any:
     return None
 
 
+def _on_view(c_fn: Callable[..., Any], py_fn: Callable[..., Any], buf: Any, *args: Any) -> Any:
+    """Slow path for input the C signature refused: a bytearray/memoryview goes through a
+    cffi view; anything else, or a view C still refuses (ints over 64 bits), to the twin."""
+    view = _view(buf)
+    if view is not None:
+        try:
+            return c_fn(view, len(view), *args)
+        except (TypeError, OverflowError):
+            pass
+    return py_fn(buf, *args)
+
+
 def build_frame(msg_type: int, slot: int, seq: int, p1: int, p2: int, p3: int,
                 payload: bytes) -> bytes:
     """10-byte header (type, dwLength LE, slot, seq, 3 message-specific bytes) + payload."""
@@ -104,8 +116,7 @@ def frame_size(buf: bytes) -> int:
     try:
         return _frame_size(buf, len(buf))
     except (TypeError, OverflowError):
-        view = _view(buf)
-        return _py.frame_size(buf) if view is None else _frame_size(view, len(view))
+        return _on_view(_frame_size, _py.frame_size, buf)  # type: ignore[no-any-return]
 
 
 def check_reply(buf: bytes, expect_type: int, slot: int, seq: int, max_length: int) -> int:
@@ -113,13 +124,8 @@ def check_reply(buf: bytes, expect_type: int, slot: int, seq: int, max_length: i
     try:
         return _check_reply(buf, len(buf), expect_type, slot, seq, max_length)
     except (TypeError, OverflowError):
-        view = _view(buf)
-        if view is None:
-            return _py.check_reply(buf, expect_type, slot, seq, max_length)
-        try:
-            return _check_reply(view, len(view), expect_type, slot, seq, max_length)
-        except (TypeError, OverflowError):
-            return _py.check_reply(buf, expect_type, slot, seq, max_length)
+        return _on_view(_check_reply, _py.check_reply,  # type: ignore[no-any-return]
+                        buf, expect_type, slot, seq, max_length)
 
 
 def reply_header(buf: bytes, expect_type: int, slot: int, seq: int, max_length: int) -> int:
@@ -127,13 +133,8 @@ def reply_header(buf: bytes, expect_type: int, slot: int, seq: int, max_length: 
     try:
         return _reply_header(buf, len(buf), expect_type, slot, seq, max_length)
     except (TypeError, OverflowError):
-        view = _view(buf)
-        if view is None:
-            return _py.reply_header(buf, expect_type, slot, seq, max_length)
-        try:
-            return _reply_header(view, len(view), expect_type, slot, seq, max_length)
-        except (TypeError, OverflowError):
-            return _py.reply_header(buf, expect_type, slot, seq, max_length)
+        return _on_view(_reply_header, _py.reply_header,  # type: ignore[no-any-return]
+                        buf, expect_type, slot, seq, max_length)
 
 
 def lrc(data: bytes) -> int:
@@ -141,8 +142,7 @@ def lrc(data: bytes) -> int:
     try:
         return _lrc(data, len(data))
     except (TypeError, OverflowError):
-        view = _view(data)
-        return _py.lrc(data) if view is None else _lrc(view, len(view))
+        return _on_view(_lrc, _py.lrc, data)  # type: ignore[no-any-return]
 
 
 def crc16(data: bytes) -> int:
@@ -150,8 +150,7 @@ def crc16(data: bytes) -> int:
     try:
         return _crc16(data, len(data))
     except (TypeError, OverflowError):
-        view = _view(data)
-        return _py.crc16(data) if view is None else _crc16(view, len(view))
+        return _on_view(_crc16, _py.crc16, data)  # type: ignore[no-any-return]
 
 
 def build_t1_block(nad: int, pcb: int, inf: bytes, crc: bool) -> bytes:
