@@ -47,3 +47,18 @@ def ct700_vectors() -> dict[str, Any]:
     """Real bytes from a Gemalto CT700, by vector name."""
     data = _load("ct700_vectors.json")
     return {v["name"]: v for v in data["vectors"]}
+
+
+def next_event(reader: Any, wait: float = 5.0, what: str = "no event arrived") -> Any:
+    """The reader's next event, failing the test when none comes within ``wait`` seconds."""
+    event = reader.wait_for_event(wait)
+    assert event is not None, what
+    return event
+
+
+def drain(reader: Any, quiet: float = 0.2) -> list[Any]:
+    """Every event already queued or arriving until ``quiet`` seconds pass without one."""
+    out = []
+    while (event := reader.wait_for_event(quiet)) is not None:
+        out.append(event)
+    return out

@@ -7,11 +7,14 @@ re-insertion between two polls; hardware errors; hot-plug of the reader itself v
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from conftest import drain
+from conftest import next_event as _next_event
 
 import ccid
 from ccid import events as ev
@@ -21,6 +24,7 @@ from ccid.testing import VirtualBackend, VirtualCard, VirtualDevice, preset_read
 pytestmark = pytest.mark.timeout(60)
 
 WAIT = 5.0  # seconds to wait for an event that must come
+next_event = functools.partial(_next_event, wait=WAIT, what="no event arrived")
 
 
 def open_reader(backend: VirtualBackend, **options: Any) -> ccid.Reader:
@@ -33,17 +37,6 @@ def plugged(name: str, card: Any = None, **overrides: Any) -> tuple[Any, Virtual
     return vr, VirtualBackend(VirtualDevice(vr))
 
 
-def next_event(reader: ccid.Reader) -> Any:
-    event = reader.wait_for_event(WAIT)
-    assert event is not None, "no event arrived"
-    return event
-
-
-def drain(reader: ccid.Reader) -> list[Any]:
-    out = []
-    while (event := reader.wait_for_event(0.2)) is not None:
-        out.append(event)
-    return out
 
 
 def monitor_threads() -> list[threading.Thread]:

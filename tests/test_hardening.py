@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import errno
+import functools
 import math
 import os
 import signal
@@ -26,6 +27,8 @@ from typing import Any
 
 import pytest
 import usb.core
+from conftest import drain
+from conftest import next_event as _next_event
 
 import ccid
 from ccid import events as ev
@@ -52,6 +55,8 @@ ECHO = bytes.fromhex("8010000003010203")
 ECHO_ANSWER = bytes.fromhex("0102039000")
 GET_SLOT_STATUS = frozenset({0x65})
 WAIT = 10.0  # seconds for an event that must come (the monitor may be backing off)
+next_event = functools.partial(_next_event, wait=WAIT,
+                               what="no event arrived: the event thread is gone")
 
 
 class WatchedBackend(VirtualBackend):
@@ -109,17 +114,6 @@ class WatchedBackend(VirtualBackend):
         super().close_device(dev_handle)
 
 
-def next_event(reader: ccid.Reader) -> Any:
-    event = reader.wait_for_event(WAIT)
-    assert event is not None, "no event arrived: the event thread is gone"
-    return event
-
-
-def drain(reader: ccid.Reader) -> list[Any]:
-    out = []
-    while (event := reader.wait_for_event(0.2)) is not None:
-        out.append(event)
-    return out
 
 
 def wait_until(condition: Callable[[], bool], seconds: float = 5.0) -> None:
