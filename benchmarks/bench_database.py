@@ -34,6 +34,14 @@ assert entry is not None
 print(t1 - t0, t2 - t1, c2 - c1)
 """
 
+IMPORTS = """
+import sys
+import ccid
+before = set(sys.modules)
+ccid.lookup(0x08E6, 0x3478)
+print(" ".join(sorted(set(sys.modules) - before)))
+"""
+
 YAML_ONLY = """
 import time
 import ccid.database as d
@@ -68,6 +76,15 @@ def cold(runs: int) -> tuple[list[float], list[float], list[float]]:
             lookups.append(float(out[1]))
             cpu.append(float(out[2]))
     return imports, lookups, cpu
+
+
+def lookup_imports() -> str:
+    """The modules the first lookup imports on top of ``import ccid``."""
+    with tempfile.TemporaryDirectory() as prefix:
+        return subprocess.run(
+            [sys.executable, "-c", IMPORTS], env=_env(prefix), cwd=ROOT, capture_output=True,
+            text=True, check=True,
+        ).stdout.strip()
 
 
 def yaml_only() -> float:
@@ -123,6 +140,7 @@ def main() -> int:
           f" / {min(lookups) * 1e3:.2f} ms   (target < 30 ms)")
     print(f"  ... its CPU time            {statistics.median(cpu) * 1e3:7.2f} ms"
           f" / {min(cpu) * 1e3:.2f} ms")
+    print(f"  modules it imports: {lookup_imports()}")
     print(f"  YAML without cache (C safe loader + schema): {yaml_only() * 1e3:.0f} ms")
     print("warm (best of 5 repeats):")
     for name, us in warm().items():

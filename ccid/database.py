@@ -33,28 +33,40 @@ Loading: ``import ccid`` loads nothing. The first query reads the compiled cache
 and decodes single readers on demand; without a valid cache the YAML is parsed with
 pyyaml's C safe loader and validated against the schema above. Later queries are
 dictionary lookups.
+
+Cold-start budget: a first lookup must cost a few milliseconds, so the lookup path imports
+none of ``dataclasses`` (it pulls in ``inspect``), ``json`` (``re``), ``ccid.constants``
+(its IntFlag classes are slow to build) or ``ccid.errors``. Hence the hand-written frozen
+value classes below, the JSON cache read with the C scanner alone, the capability flags
+built on first access, and the exceptions imported where they are raised.
+``tests/test_database_imports.py`` keeps it so.
 """
 
 from __future__ import annotations
 
 import enum
-import json
 import os
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
-
-from ccid.constants import ExchangeLevel, Features, PINSupport, Protocols, Voltage
-from ccid.errors import DatabaseError, UnsupportedReaderError, UsageError
+from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:  # pragma: no cover
+    # Type checkers see the value classes as frozen dataclasses (read-only fields); at run
+    # time they are the hand-written _Frozen classes (see the module docstring).
+    from dataclasses import dataclass as _frozen_for_type_checkers
     from pathlib import Path
 
     import yaml
 
+    from ccid.constants import ExchangeLevel, Features, PINSupport, Protocols, Voltage
     from ccid.descriptor import CCIDDescriptor
+    from ccid.errors import DatabaseError
     from ccid.quirks import Quirk
+else:
+
+    def _frozen_for_type_checkers(**_: object) -> Callable[[type[Any]], type[Any]]:
+        return lambda cls: cls
+
 
 __all__ = [
     "CACHE_PATH",
@@ -87,15 +99,11 @@ CACHE_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "readers.c
 _CACHE_FORMAT = "ccid-readers-cache/1"
 
 SECTIONS = ("supported", "shouldwork", "unsupported", "disabled", "duplicates")
-_LEVELS = {
-    "character": ExchangeLevel.CHARACTER,
-    "tpdu": ExchangeLevel.TPDU,
-    "short_apdu": ExchangeLevel.SHORT_APDU,
-    "extended_apdu": ExchangeLevel.EXTENDED_APDU,
-}
-_PROTOCOLS = {"T=0": Protocols.T0, "T=1": Protocols.T1}
-_VOLTAGES = {"5.0V": Voltage.V5_0, "3.0V": Voltage.V3_0, "1.8V": Voltage.V1_8}
-_PINS = {"verify": PINSupport.VERIFY, "modify": PINSupport.MODIFY}
+# the YAML spellings of the capability flags (their values: _flag_tables)
+_LEVEL_NAMES = ("character", "tpdu", "short_apdu", "extended_apdu")
+_PROTOCOL_NAMES = ("T=0", "T=1")
+_VOLTAGE_NAMES = ("5.0V", "3.0V", "1.8V")
+_PIN_NAMES = ("verify", "modify")
 _HEX = frozenset("0123456789ABCDEF")
 
 
@@ -125,9 +133,77 @@ _SECTION_STATUS = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class ListedLine:
+class _DataclassFields:
+    """``__dataclass_fields__`` made on first use, from a twin dataclass.
+
+    So ``dataclasses.fields()``, ``asdict()``, ``replace()`` and ``is_dataclass()`` work on
+    the value classes as they did when these were dataclasses, while the lookup path never
+    imports ``dataclasses``.
+    """
+
+    def __get__(self, instance: object, owner: type[_Frozen]) -> dict[str, Any]:
+        made = owner.__dict__.get("_dataclass_twin_fields")
+        if made is None:
+            from dataclasses import make_dataclass
+
+            twin = make_dataclass(owner.__name__, [(name, Any) for name in owner._fields])
+            made = twin.__dataclass_fields__  # type: ignore[attr-defined]
+            owner._dataclass_twin_fields = made
+        return made  # type: ignore[no-any-return]
+
+
+class _Frozen:
+    """Base of the value classes: behaves as a ``@dataclass(frozen=True, slots=True)``.
+
+    Equality and hash compare the fields (``_fields``, in constructor order), the repr lists
+    them, assignment raises ``dataclasses.FrozenInstanceError``, copies and pickles rebuild
+    through the constructor. Written by hand because importing ``dataclasses`` costs more
+    than a whole cold lookup.
+    """
+
+    __slots__ = ()
+    _fields: ClassVar[tuple[str, ...]] = ()
+    _dataclass_twin_fields: ClassVar[dict[str, Any] | None] = None
+    __dataclass_fields__: ClassVar[Any] = _DataclassFields()
+
+    def _values(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, name) for name in self._fields)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is self.__class__:
+            assert isinstance(other, _Frozen)
+            return self._values() == other._values()
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self._values())
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self._fields)
+        return f"{self.__class__.__qualname__}({fields})"
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        from dataclasses import FrozenInstanceError
+
+        raise FrozenInstanceError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        from dataclasses import FrozenInstanceError
+
+        raise FrozenInstanceError(f"cannot delete field {name!r}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (self.__class__, self._values())
+
+
+@_frozen_for_type_checkers(frozen=True, init=False, repr=False, eq=False)
+class ListedLine(_Frozen):
     """One line of libccid's supported_readers.txt."""
+
+    _fields = ("line", "section", "vid", "pid", "vendor", "name", "dump")
+    __slots__ = _fields
+    if not TYPE_CHECKING:
+        __match_args__ = _fields
 
     line: int
     section: str
@@ -135,16 +211,54 @@ class ListedLine:
     pid: int
     vendor: str | None
     name: str
-    dump: str | None = None
+    dump: str | None
+
+    def __init__(
+        self,
+        line: int,
+        section: str,
+        vid: int,
+        pid: int,
+        vendor: str | None,
+        name: str,
+        dump: str | None = None,
+    ) -> None:
+        values = locals()
+        for field in self._fields:
+            object.__setattr__(self, field, values[field])
 
 
-@dataclass(frozen=True, slots=True)
-class ReaderEntry:
+# ReaderEntry fields built from ccid.constants on first access (see _resolve_flags)
+_FLAG_FIELDS = ("exchange_level", "protocols", "voltages", "pin_support", "features")
+
+
+@_frozen_for_type_checkers(frozen=True, init=False, repr=False, eq=False)
+class ReaderEntry(_Frozen):
     """A listed reader: libccid's verdict, and what its descriptor dump says it can do.
 
     The capability fields are None (or empty) when libccid has no dump for the reader or
     none for the interface asked for.
     """
+
+    _fields = (
+        "vid", "pid", "name", "vendor", "section", "line", "aliases", "note", "quirks",
+        "min_firmware", "dump", "bcd_device", "manufacturer", "product", "interface_count",
+        "interface_numbers", "interface_names", "interface_class", "interface_subclass",
+        "interface_protocol", "has_interrupt", "ccid_version", "exchange_level", "protocols",
+        "voltages", "slots", "max_message_length", "max_ifsd", "pin_support", "lcd_layout",
+        "features", "default_clock_khz", "max_clock_khz", "clocks_khz", "default_data_rate",
+        "max_data_rate", "data_rates", "raw_descriptor",
+    )
+    if not TYPE_CHECKING:
+        __match_args__ = _fields
+    # the flag fields live in private slots behind properties; _raw_flags holds the YAML
+    # interface group they are built from until the first access
+    __slots__ = (
+        *(f"_{name}" if name in _FLAG_FIELDS else name for name in _fields), "_raw_flags"
+    )
+    _slot_of: ClassVar[tuple[tuple[str, str], ...]] = tuple(
+        (name, f"_{name}" if name in _FLAG_FIELDS else name) for name in _fields
+    )
 
     vid: int
     pid: int
@@ -160,34 +274,124 @@ class ReaderEntry:
     #: quirks depending on the card come from ``quirks_for(..., atr=...)``.
     quirks: tuple[str, ...]
     min_firmware: int | None
-    dump: str | None = None
-    bcd_device: int | None = None
-    manufacturer: str | None = None
-    product: str | None = None
-    interface_count: int | None = None
-    interface_numbers: tuple[int, ...] = ()
-    interface_names: tuple[str | None, ...] = ()
-    interface_class: int | None = None
-    interface_subclass: int | None = None
-    interface_protocol: int | None = None
-    has_interrupt: bool | None = None
-    ccid_version: str | None = None
-    exchange_level: ExchangeLevel | None = None
-    protocols: Protocols | None = None
-    voltages: Voltage | None = None
-    slots: int | None = None
-    max_message_length: int | None = None
-    max_ifsd: int | None = None
-    pin_support: PINSupport | None = None
-    lcd_layout: tuple[int, int] | None = None
-    features: Features | None = None
-    default_clock_khz: int | None = None
-    max_clock_khz: int | None = None
-    clocks_khz: tuple[int, ...] = ()
-    default_data_rate: int | None = None
-    max_data_rate: int | None = None
-    data_rates: tuple[int, ...] = ()
-    raw_descriptor: bytes | None = None
+    dump: str | None
+    bcd_device: int | None
+    manufacturer: str | None
+    product: str | None
+    interface_count: int | None
+    interface_numbers: tuple[int, ...]
+    interface_names: tuple[str | None, ...]
+    interface_class: int | None
+    interface_subclass: int | None
+    interface_protocol: int | None
+    has_interrupt: bool | None
+    ccid_version: str | None
+    slots: int | None
+    max_message_length: int | None
+    max_ifsd: int | None
+    lcd_layout: tuple[int, int] | None
+    default_clock_khz: int | None
+    max_clock_khz: int | None
+    clocks_khz: tuple[int, ...]
+    default_data_rate: int | None
+    max_data_rate: int | None
+    data_rates: tuple[int, ...]
+    raw_descriptor: bytes | None
+    _exchange_level: ExchangeLevel | None
+    _protocols: Protocols | None
+    _voltages: Voltage | None
+    _pin_support: PINSupport | None
+    _features: Features | None
+    _raw_flags: Mapping[str, Any] | None
+
+    def __init__(
+        self,
+        vid: int,
+        pid: int,
+        name: str,
+        vendor: str | None,
+        section: str,
+        line: int,
+        aliases: tuple[str, ...],
+        note: str | None,
+        quirks: tuple[str, ...],
+        min_firmware: int | None,
+        dump: str | None = None,
+        bcd_device: int | None = None,
+        manufacturer: str | None = None,
+        product: str | None = None,
+        interface_count: int | None = None,
+        interface_numbers: tuple[int, ...] = (),
+        interface_names: tuple[str | None, ...] = (),
+        interface_class: int | None = None,
+        interface_subclass: int | None = None,
+        interface_protocol: int | None = None,
+        has_interrupt: bool | None = None,
+        ccid_version: str | None = None,
+        exchange_level: ExchangeLevel | None = None,
+        protocols: Protocols | None = None,
+        voltages: Voltage | None = None,
+        slots: int | None = None,
+        max_message_length: int | None = None,
+        max_ifsd: int | None = None,
+        pin_support: PINSupport | None = None,
+        lcd_layout: tuple[int, int] | None = None,
+        features: Features | None = None,
+        default_clock_khz: int | None = None,
+        max_clock_khz: int | None = None,
+        clocks_khz: tuple[int, ...] = (),
+        default_data_rate: int | None = None,
+        max_data_rate: int | None = None,
+        data_rates: tuple[int, ...] = (),
+        raw_descriptor: bytes | None = None,
+    ) -> None:
+        values = locals()
+        for field, slot in self._slot_of:
+            object.__setattr__(self, slot, values[field])
+        object.__setattr__(self, "_raw_flags", None)
+
+    def _resolve_flags(self) -> None:
+        group = self._raw_flags
+        if group is None:
+            return
+        levels, protocols, voltages, pins, constants = _flag_tables()
+        set_ = object.__setattr__
+        set_(self, "_exchange_level", levels[group["exchange_level"]])
+        set_(self, "_protocols", _flags(group["protocols"], protocols, constants.Protocols.NONE))
+        set_(self, "_voltages", _flags(group["voltages"], voltages, constants.Voltage.NONE))
+        set_(self, "_pin_support", _flags(group["pin"], pins, constants.PINSupport.NONE))
+        set_(self, "_features", constants.Features(group["features"]))
+        set_(self, "_raw_flags", None)
+
+    @property
+    def exchange_level(self) -> ExchangeLevel | None:
+        if self._raw_flags is not None:
+            self._resolve_flags()
+        return self._exchange_level
+
+    @property
+    def protocols(self) -> Protocols | None:
+        if self._raw_flags is not None:
+            self._resolve_flags()
+        return self._protocols
+
+    @property
+    def voltages(self) -> Voltage | None:
+        if self._raw_flags is not None:
+            self._resolve_flags()
+        return self._voltages
+
+    @property
+    def pin_support(self) -> PINSupport | None:
+        if self._raw_flags is not None:
+            self._resolve_flags()
+        return self._pin_support
+
+    @property
+    def features(self) -> Features | None:
+        if self._raw_flags is not None:
+            self._resolve_flags()
+        return self._features
 
     @property
     def id(self) -> str:
@@ -214,15 +418,52 @@ class ReaderEntry:
         return parse_ccid_descriptor(self.raw_descriptor)
 
 
-@dataclass(frozen=True, slots=True)
-class SupportAnswer:
+_FLAG_TABLES: tuple[Any, ...] | None = None
+
+
+def _flag_tables() -> tuple[Any, ...]:
+    """YAML spelling -> flag, for levels, protocols, voltages, PIN; and ccid.constants."""
+    global _FLAG_TABLES
+    if _FLAG_TABLES is None:
+        from ccid import constants as c
+
+        _FLAG_TABLES = (
+            dict(zip(_LEVEL_NAMES, (c.ExchangeLevel.CHARACTER, c.ExchangeLevel.TPDU,
+                                    c.ExchangeLevel.SHORT_APDU, c.ExchangeLevel.EXTENDED_APDU))),
+            dict(zip(_PROTOCOL_NAMES, (c.Protocols.T0, c.Protocols.T1))),
+            dict(zip(_VOLTAGE_NAMES, (c.Voltage.V5_0, c.Voltage.V3_0, c.Voltage.V1_8))),
+            dict(zip(_PIN_NAMES, (c.PINSupport.VERIFY, c.PINSupport.MODIFY))),
+            c,
+        )
+    return _FLAG_TABLES
+
+
+@_frozen_for_type_checkers(frozen=True, init=False, repr=False, eq=False)
+class SupportAnswer(_Frozen):
     """The answer to "is my reader supported?"."""
+
+    _fields = ("status", "vid", "pid", "entry", "reason")
+    __slots__ = _fields
+    if not TYPE_CHECKING:
+        __match_args__ = _fields
 
     status: SupportStatus
     vid: int
     pid: int
     entry: ReaderEntry | None
     reason: str | None
+
+    def __init__(
+        self,
+        status: SupportStatus,
+        vid: int,
+        pid: int,
+        entry: ReaderEntry | None,
+        reason: str | None,
+    ) -> None:
+        values = locals()
+        for field in self._fields:
+            object.__setattr__(self, field, values[field])
 
     @property
     def name(self) -> str | None:
@@ -264,6 +505,8 @@ class _Schema:
 
     # errors name the file, the line (from the node's mark) and the entry
     def error(self, node: yaml.Node, where: str, message: str) -> DatabaseError:
+        from ccid.errors import DatabaseError
+
         line = node.start_mark.line + 1
         return DatabaseError(f"{self.filename}:{line}: {where}: {message}")
 
@@ -407,13 +650,13 @@ class _Schema:
                 "endpoints": (self.u8, True),
                 "interrupt": (self.boolean, True),
                 "ccid_version": (self.text, True),
-                "exchange_level": (self.choice(_LEVELS), True),
-                "protocols": (self.list_of(self.choice(_PROTOCOLS)), True),
-                "voltages": (self.list_of(self.choice(_VOLTAGES)), True),
+                "exchange_level": (self.choice(_LEVEL_NAMES), True),
+                "protocols": (self.list_of(self.choice(_PROTOCOL_NAMES)), True),
+                "voltages": (self.list_of(self.choice(_VOLTAGE_NAMES)), True),
                 "slots": (self.integer, True),
                 "max_message_length": (self.integer, True),
                 "max_ifsd": (self.integer, True),
-                "pin": (self.list_of(self.choice(_PINS)), True),
+                "pin": (self.list_of(self.choice(_PIN_NAMES)), True),
                 "lcd": (self.lcd, True),
                 "features": (self.integer, True),
                 "default_clock_khz": (self.integer, True),
@@ -583,6 +826,8 @@ class _Schema:
             },
         )
         if value["schema"] != 1:
+            from ccid.errors import DatabaseError
+
             raise DatabaseError(f"{self.filename}: schema {value['schema']} not understood")
         return value
 
@@ -593,6 +838,8 @@ def parse_yaml(text: str, filename: str = "readers.yaml") -> dict[str, Any]:
     Only plain data is built (safe loader semantics: no Python objects from YAML).
     """
     import yaml
+
+    from ccid.errors import DatabaseError
 
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     try:
@@ -633,6 +880,8 @@ def _digest(raw: bytes) -> str:
 
 def render_cache(yaml_text: str, data: Mapping[str, Any]) -> str:
     """The cache text: a header with the YAML's hash, the metadata, one line per VID:PID."""
+    import json
+
     dumps = json.dumps
     out = [
         dumps({"format": _CACHE_FORMAT, "yaml_digest": _digest(yaml_text.encode("utf-8"))}),
@@ -646,16 +895,32 @@ def render_cache(yaml_text: str, data: Mapping[str, Any]) -> str:
 # --- the database ------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
 class _Condition:
-    vid: int | None
-    pid: int | None
-    bcd_min: int | None
-    bcd_max: int | None
-    interface: int | None
-    interface_protocol: int | None
-    atr: bytes | None
-    atr_mask: bytes | None
+    """One ``match`` condition of a rule (a plain class: see the module docstring)."""
+
+    __slots__ = (
+        "atr", "atr_mask", "bcd_max", "bcd_min", "interface", "interface_protocol", "pid", "vid"
+    )
+
+    def __init__(
+        self,
+        vid: int | None,
+        pid: int | None,
+        bcd_min: int | None,
+        bcd_max: int | None,
+        interface: int | None,
+        interface_protocol: int | None,
+        atr: bytes | None,
+        atr_mask: bytes | None,
+    ) -> None:
+        self.vid = vid
+        self.pid = pid
+        self.bcd_min = bcd_min
+        self.bcd_max = bcd_max
+        self.interface = interface
+        self.interface_protocol = interface_protocol
+        self.atr = atr
+        self.atr_mask = atr_mask
 
     def holds(
         self,
@@ -711,6 +976,55 @@ def _flags(names: Iterable[str], table: Mapping[str, Any], empty: Any) -> Any:
     return value
 
 
+class _ScanContext:
+    """What ``_json.make_scanner`` reads from a JSONDecoder: plain JSON, nothing else."""
+
+    strict = True
+    object_hook = None
+    object_pairs_hook = None
+    parse_float = float
+    parse_int = int
+
+    @staticmethod
+    def parse_constant(name: str) -> Any:
+        raise ValueError(f"{name} is not JSON")
+
+
+_LOADS: Callable[[str], Any] | None = None
+
+
+def _json_loads() -> Callable[[str], Any]:
+    """``json.loads`` for one cache line, without importing ``json``.
+
+    The cache is read with the C scanner the json package itself uses: importing ``json``
+    (its decoder compiles regular expressions) would cost more than the rest of a cold
+    lookup. Where ``_json`` is missing (not CPython) this is ``json.loads``.
+    """
+    global _LOADS
+    if _LOADS is None:
+        try:
+            from _json import make_scanner
+        except ImportError:  # pragma: no cover - CPython always has it
+            import json
+
+            _LOADS = json.loads
+            return _LOADS
+        context: Any = _ScanContext
+        scan = make_scanner(context)
+
+        def loads(text: str) -> Any:
+            try:
+                value, end = scan(text, 0)
+            except StopIteration:
+                raise ValueError("no JSON value") from None
+            if end != len(text):
+                raise ValueError(f"extra data after JSON value at {end}")
+            return value
+
+        _LOADS = loads
+    return _LOADS
+
+
 class Database:
     """A loaded reader database. Query results are memoised: later calls are dict lookups."""
 
@@ -734,6 +1048,11 @@ class Database:
         ]
         self._entries: dict[tuple[int, int, int | None, int | None], ReaderEntry | None] = {}
         self._quirks: dict[tuple[Any, ...], list[Quirk]] = {}
+        # From a cache, the record lines stay in the cache bytes until asked for: a single
+        # reader is found with one bytes.find, every reader is split out when one iterates
+        # (_index). Splitting 640 lines up front would double a cold lookup.
+        self._blob = b""
+        self._complete = True
 
     # --- construction --------------------------------------------------------------------
 
@@ -742,39 +1061,73 @@ class Database:
         return cls(_meta(data), _records(data), origin)
 
     @classmethod
-    def from_cache(cls, text: str, yaml_raw: bytes | None, origin: str) -> Database | None:
+    def from_cache(
+        cls, text: str | bytes, yaml_raw: bytes | None, origin: str
+    ) -> Database | None:
         """The database from cache text, or None when the cache does not fit the YAML."""
-        lines = text.split("\n")
+        blob = text.encode("utf-8") if isinstance(text, str) else bytes(text)
+        if b"\r" in blob:  # a checkout with CRLF line ends
+            blob = blob.replace(b"\r\n", b"\n")
+        header_end = blob.find(b"\n")
+        meta_end = blob.find(b"\n", header_end + 1)
+        if header_end < 0 or meta_end < 0:
+            return None
+        loads = _json_loads()
         try:
-            header = json.loads(lines[0])
+            header = loads(blob[:header_end].decode("utf-8"))
             if header.get("format") != _CACHE_FORMAT:
                 return None
             if yaml_raw is not None and header.get("yaml_digest") != _digest(yaml_raw):
                 return None
-            meta = json.loads(lines[1])
-            records = dict(line.split("\t", 1) for line in lines[2:] if line)
-        except (ValueError, IndexError, AttributeError):
+            meta = loads(blob[header_end + 1 : meta_end].decode("utf-8"))
+        except (ValueError, AttributeError):  # UnicodeDecodeError is a ValueError
             return None
-        return cls(meta, records, origin)
+        db = cls(meta, {}, origin)
+        db._blob = blob[meta_end:]  # starts with the newline ending the metadata line
+        db._complete = False
+        return db
 
     # --- records -------------------------------------------------------------------------
 
+    def _find(self, key: str) -> str | None:
+        """The JSON text of one record, straight from the cache bytes."""
+        needle = f"\n{key}\t".encode("ascii")
+        start = self._blob.find(needle)
+        if start < 0:
+            return None
+        start += len(needle)
+        end = self._blob.find(b"\n", start)
+        return self._blob[start : end if end >= 0 else len(self._blob)].decode("utf-8")
+
+    def _index(self) -> dict[str, str | dict[str, Any]]:
+        """Every record (JSON text until decoded), keyed by VID:PID."""
+        if not self._complete:
+            for line in self._blob.decode("utf-8").split("\n"):
+                if line:
+                    key, _, text = line.partition("\t")
+                    self._records.setdefault(key, text)
+            self._complete = True
+        return self._records
+
     def _record(self, key: str) -> dict[str, Any] | None:
         record = self._records.get(key)
+        if record is None:
+            # re-read after the flag: another thread may have completed the index meanwhile
+            record = self._records.get(key) if self._complete else self._find(key)
         if isinstance(record, str):
-            record = json.loads(record)
+            record = _json_loads()(record)
             assert isinstance(record, dict)
             self._records[key] = record
         return record
 
     def ids(self) -> list[str]:
         """Every VID:PID the database knows ('VVVV:PPPP'), sorted."""
-        return sorted(self._records)
+        return sorted(self._index())
 
     def lines(self) -> list[ListedLine]:
         """Every line of libccid's list, in file order."""
         out: list[ListedLine] = []
-        for key in self._records:
+        for key in self._index():
             record = self._record(key)
             assert record is not None
             out.extend(ListedLine(**line) for line in record["lines"])
@@ -844,7 +1197,10 @@ class Database:
             fields["quirks"] = self._quirk_ids(
                 vid, pid, bcd_device, interface, group["interface_protocol"]
             )
-            out.append(ReaderEntry(**fields))
+            entry = ReaderEntry(**fields)
+            # the flag fields are built from the group on first access (cold-start cost)
+            object.__setattr__(entry, "_raw_flags", group)
+            out.append(entry)
         if not out:
             out.append(
                 ReaderEntry(
@@ -855,7 +1211,7 @@ class Database:
 
     def all_entries(self) -> list[ReaderEntry]:
         """One entry per listed VID:PID (its preferred dump), in list order."""
-        entries = [self.lookup(*_split(key)) for key in self._records]
+        entries = [self.lookup(*_split(key)) for key in self._index()]
         return sorted((e for e in entries if e is not None), key=lambda e: e.line)
 
     def find_by_name(self, pattern: str) -> list[ReaderEntry]:
@@ -864,6 +1220,8 @@ class Database:
         Case-insensitive; a substring unless the pattern has ``*?[`` (then a glob).
         """
         if not isinstance(pattern, str) or not pattern.strip():
+            from ccid.errors import UsageError
+
             raise UsageError("find_by_name needs a non-empty pattern")
         from fnmatch import fnmatchcase
 
@@ -950,6 +1308,8 @@ class Database:
         problem = self.firmware_problem(vid, pid, bcd_device)
         if problem is None or allow_bad_firmware:
             return problem
+        from ccid.errors import UnsupportedReaderError
+
         raise UnsupportedReaderError(
             f"{problem} (pass allow_bad_firmware=True to use it anyway)", reader=reader
         )
@@ -1003,13 +1363,14 @@ class Database:
             entry = self.lookup(vid, pid, bcd_device, interface)
             if entry is not None:
                 interface_protocol = entry.interface_protocol
-        from ccid.quirks import get_quirk
-
         quirks: list[Quirk] = []
         for quirk_id in self._quirk_ids(vid, pid, bcd_device, interface, interface_protocol, atr):
             if quirk_id == "minimum-firmware":
                 quirks.append(_minimum_firmware_quirk(self._firmware[_key(vid, pid)]))
             else:
+                # imported only when a quirk applies: ccid.quirks needs the descriptor module
+                from ccid.quirks import get_quirk
+
                 quirks.append(get_quirk(quirk_id))
         self._quirks[memo] = quirks
         return list(quirks)
@@ -1062,15 +1423,10 @@ def _capabilities(
         "interface_protocol": group["interface_protocol"],
         "has_interrupt": group["interrupt"],
         "ccid_version": group["ccid_version"],
-        "exchange_level": _LEVELS[group["exchange_level"]],
-        "protocols": _flags(group["protocols"], _PROTOCOLS, Protocols.NONE),
-        "voltages": _flags(group["voltages"], _VOLTAGES, Voltage.NONE),
         "slots": group["slots"],
         "max_message_length": group["max_message_length"],
         "max_ifsd": group["max_ifsd"],
-        "pin_support": _flags(group["pin"], _PINS, PINSupport.NONE),
         "lcd_layout": None if lcd is None else (lcd[0], lcd[1]),
-        "features": Features(group["features"]),
         "default_clock_khz": group["default_clock_khz"],
         "max_clock_khz": group["max_clock_khz"],
         "clocks_khz": tuple(group["clocks_khz"]),
@@ -1087,23 +1443,34 @@ def _split(key: str) -> tuple[int, int]:
 
 
 def _check_ids(vid: Any, pid: Any, bcd_device: Any, interface: Any) -> None:
+    problem = _id_problem(vid, pid, bcd_device, interface)
+    if problem is not None:
+        from ccid.errors import UsageError
+
+        raise UsageError(problem)
+
+
+def _id_problem(vid: Any, pid: Any, bcd_device: Any, interface: Any) -> str | None:
     for name, value, hi in (("vid", vid, 0xFFFF), ("pid", pid, 0xFFFF)):
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= hi:
-            raise UsageError(f"{name} must be an integer 0..0x{hi:X}, got {value!r}")
+            return f"{name} must be an integer 0..0x{hi:X}, got {value!r}"
     if bcd_device is not None and (
         isinstance(bcd_device, bool) or not isinstance(bcd_device, int)
         or not 0 <= bcd_device <= 0xFFFF
     ):
-        raise UsageError(f"bcd_device must be an integer 0..0xFFFF, got {bcd_device!r}")
+        return f"bcd_device must be an integer 0..0xFFFF, got {bcd_device!r}"
     if interface is not None and (
         isinstance(interface, bool) or not isinstance(interface, int) or not 0 <= interface <= 0xFF
     ):
-        raise UsageError(f"interface must be an integer 0..255, got {interface!r}")
+        return f"interface must be an integer 0..255, got {interface!r}"
+    return None
 
 
 def parse_vid_pid(text: str) -> tuple[int, int]:
     """'08E6:3478' (or '0x08e6:0x3478', '08e6 3478') -> (0x08E6, 0x3478)."""
     import re
+
+    from ccid.errors import UsageError
 
     match = re.fullmatch(
         r"\s*(?:0x)?([0-9a-fA-F]{1,4})\s*[:/ ]\s*(?:0x)?([0-9a-fA-F]{1,4})\s*", str(text)
@@ -1128,12 +1495,15 @@ def load_database(
         with open(yaml_path, "rb") as fh:
             raw = fh.read()
     except OSError as exc:
+        from ccid.errors import DatabaseError
+
         raise DatabaseError(f"cannot read the reader database {yaml_path}: {exc}") from None
     if use_cache:
         cache_path = os.fspath(cache) if cache is not None else _cache_beside(yaml_path)
         try:
-            with open(cache_path, encoding="utf-8") as fh:
-                cache_text: str | None = fh.read()
+            # bytes: text mode (newline translation, incremental decoding) costs 1 ms here
+            with open(cache_path, "rb") as fh:
+                cache_text: bytes | None = fh.read()
         except OSError:
             cache_text = None
         if cache_text is not None:
@@ -1143,6 +1513,8 @@ def load_database(
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
+        from ccid.errors import DatabaseError
+
         raise DatabaseError(f"{yaml_path}: not UTF-8 text ({exc})") from None
     return Database.from_data(parse_yaml(text, str(yaml_path)), str(yaml_path))
 
