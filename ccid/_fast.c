@@ -312,3 +312,186 @@ int ccid_join_chained(const uint8_t *levels, const uint8_t *const *data,
     *out_len = total;
     return CCID_JOIN_OK;
 }
+
+/* --- chained exchanges ---------------------------------------------------------------- */
+
+static long long xfr_frame(const ccid_chain *st, int seq, int level, const uint8_t *body,
+                           size_t body_len, uint8_t *out, size_t cap)
+{
+    return ccid_build_frame(out, cap, 0x6F, st->slot, seq, 0, level & 0xFF,
+                            (level >> 8) & 0xFF, body, body_len);
+}
+
+/* The next I-block of the command (offset and sent already set) as an XfrBlock. */
+static long long t1_i_frame(ccid_chain *st, int seq, const uint8_t *cmd, size_t cmd_len,
+                            uint8_t *out, size_t cap)
+{
+    int more = st->offset + st->sent < cmd_len;
+    long long n;
+
+    if (cap < HEADER)
+        return CCID_E_CAPACITY;
+    n = ccid_build_t1_block(out + HEADER, cap - HEADER, st->nad, (st->ns << 6) | (more ? 0x20 : 0),
+                            cmd + st->offset, st->sent, st->crc);
+    if (n < 0)
+        return n;
+    ccid_build_header(out, cap, 0x6F, st->slot, seq, 0, 0, 0, (uint64_t)n);
+    st->phase = more ? 1 : 2;
+    st->seq = seq;
+    return n + (long long)HEADER;
+}
+
+long long ccid_chain_first(ccid_chain *st, int seq, const uint8_t *cmd, size_t cmd_len,
+                           uint8_t *out, size_t cap)
+{
+    long long n;
+
+    if (st == NULL || !is_byte(seq) || !is_byte(st->slot) || st->chunk == 0 ||
+        (st->ns != 0 && st->ns != 1) || (st->nr != 0 && st->nr != 1) || st->ifsd > 254)
+        return CCID_E_RANGE;
+    if (cmd_len && cmd == NULL)
+        return CCID_E_LENGTH;
+    st->offset = 0;
+    st->resp_len = 0;
+    st->sent = cmd_len < st->chunk ? cmd_len : st->chunk;
+    if (st->mode == CCID_CHAIN_T1) {
+        if (!is_byte(st->nad) || st->chunk > 254)
+            return CCID_E_RANGE;
+        return t1_i_frame(st, seq, cmd, cmd_len, out, cap);
+    }
+    n = xfr_frame(st, seq, cmd_len <= st->chunk ? 0x0000 : 0x0001, cmd, st->sent, out, cap);
+    if (n < 0)
+        return n;
+    st->phase = st->sent < cmd_len ? 0 : 1;
+    st->seq = seq;
+    return n;
+}
+
+/* Append the reply's data to the response; 0 when it does not fit. */
+static int gather(ccid_chain *st, const uint8_t *data, size_t len, uint8_t *resp,
+                  size_t resp_cap)
+{
+    if (len > resp_cap || st->resp_len > resp_cap - len || (len && resp == NULL))
+        return 0;
+    if (len)
+        memcpy(resp + st->resp_len, data, len);
+    st->resp_len += len;
+    return 1;
+}
+
+static long long extended_step(ccid_chain *st, int seq, const uint8_t *reply, size_t len,
+                               const uint8_t *cmd, size_t cmd_len, uint8_t *resp,
+                               size_t resp_cap, uint8_t *out, size_t cap)
+{
+    uint8_t chain = reply[9];
+    size_t data_len = len - HEADER;
+    long long n;
+
+    if (st->phase == 0) {
+        size_t offset = st->offset + st->sent, sent;
+
+        if (chain != 0x10 || offset >= cmd_len)
+            return CCID_CHAIN_OTHER;
+        sent = cmd_len - offset < st->chunk ? cmd_len - offset : st->chunk;
+        n = xfr_frame(st, seq, offset + sent >= cmd_len ? 0x0002 : 0x0003, cmd + offset, sent,
+                      out, cap);
+        if (n < 0)
+            return n;
+        st->offset = offset;
+        st->sent = sent;
+        st->phase = offset + sent >= cmd_len ? 1 : 0;
+        st->seq = seq;
+        return n;
+    }
+    /* phase 1 takes 0x00 (whole) or 0x01 (first piece); phase 2 takes 0x03 or 0x02 */
+    if (st->phase == 1 ? (chain != 0x00 && chain != 0x01) : (chain != 0x03 && chain != 0x02))
+        return CCID_CHAIN_OTHER;
+    if (chain == 0x00 || chain == 0x02) {
+        if (!gather(st, reply + HEADER, data_len, resp, resp_cap))
+            return CCID_CHAIN_OTHER;
+        st->phase = 3;
+        return CCID_CHAIN_DONE;
+    }
+    /* Check the room first: the state stays untouched when the frame cannot be built. */
+    if (cap < HEADER)
+        return CCID_E_CAPACITY;
+    if (!gather(st, reply + HEADER, data_len, resp, resp_cap))
+        return CCID_CHAIN_OTHER;
+    n = xfr_frame(st, seq, 0x0010, NULL, 0, out, cap);
+    st->phase = 2;
+    st->seq = seq;
+    return n;
+}
+
+static long long t1_step(ccid_chain *st, int seq, const uint8_t *block, size_t len,
+                         const uint8_t *cmd, size_t cmd_len, uint8_t *resp, size_t resp_cap,
+                         uint8_t *out, size_t cap)
+{
+    uint8_t pcb;
+    size_t inf_len;
+
+    if (ccid_check_t1_block(block, len, st->crc) != CCID_T1_OK)
+        return CCID_CHAIN_OTHER;
+    pcb = block[1];
+    inf_len = block[2];
+    if (cap < HEADER + 4u + 2u + 254u)
+        return CCID_E_CAPACITY;
+    if (st->phase == 1) {
+        /* R-block acknowledging our I-block: N(R) differs from our N(S), no error bits */
+        if ((pcb & 0xC0) != 0x80 || (pcb & 0x2F) || inf_len ||
+            ((pcb >> 4) & 1) == st->ns || st->offset + st->sent >= cmd_len)
+            return CCID_CHAIN_OTHER;
+        st->offset += st->sent;
+        st->ns ^= 1;
+        st->sent = cmd_len - st->offset < st->chunk ? cmd_len - st->offset : st->chunk;
+        return t1_i_frame(st, seq, cmd, cmd_len, out, cap);
+    }
+    if (st->phase != 2 && st->phase != 3)
+        return CCID_CHAIN_OTHER;
+    /* the card's I-block: expected N(S), no RFU bits, INF within IFSD, chained ones not empty */
+    if ((pcb & 0x80) || (pcb & 0x1F) || inf_len > st->ifsd || ((pcb >> 6) & 1) != st->nr ||
+        ((pcb & 0x20) && inf_len == 0))
+        return CCID_CHAIN_OTHER;
+    if (!gather(st, block + 3, inf_len, resp, resp_cap))
+        return CCID_CHAIN_OTHER;
+    if (st->phase == 2)
+        st->ns ^= 1; /* the card's I-block acknowledges our last one */
+    st->nr ^= 1;
+    if (!(pcb & 0x20)) {
+        st->phase = 0;
+        return CCID_CHAIN_DONE;
+    }
+    st->phase = 3;
+    st->seq = seq;
+    {
+        long long n = ccid_build_t1_block(out + HEADER, cap - HEADER, st->nad,
+                                          0x80 | (st->nr << 4), NULL, 0, st->crc);
+        ccid_build_header(out, cap, 0x6F, st->slot, seq, 0, 0, 0, (uint64_t)n);
+        return n + (long long)HEADER;
+    }
+}
+
+long long ccid_chain_step(ccid_chain *st, int seq, const uint8_t *reply, size_t reply_len,
+                          const uint8_t *cmd, size_t cmd_len, uint8_t *resp, size_t resp_cap,
+                          uint8_t *out, size_t cap)
+{
+    if (st == NULL || !is_byte(seq))
+        return CCID_E_RANGE;
+    if (cmd_len && cmd == NULL)
+        return CCID_E_LENGTH;
+    if (out == NULL)
+        return CCID_E_CAPACITY;
+    /* the complete, successful DataBlock answering the frame in flight */
+    if (reply == NULL || reply_len < HEADER || reply[0] != 0x80 || reply[5] != st->slot ||
+        reply[6] != st->seq || (size_t)le32(reply + 1) != reply_len - HEADER ||
+        (st->max_length && reply_len > st->max_length) || (reply[7] & 0xC0))
+        return CCID_CHAIN_OTHER;
+    if (st->offset > cmd_len || st->sent > cmd_len - st->offset)
+        return CCID_E_RANGE; /* the state does not belong to this command */
+    if (st->mode == CCID_CHAIN_T1)
+        return t1_step(st, seq, reply + HEADER, reply_len - HEADER, cmd, cmd_len, resp,
+                       resp_cap, out, cap);
+    if (st->mode != CCID_CHAIN_EXTENDED || st->chunk == 0)
+        return CCID_E_RANGE;
+    return extended_step(st, seq, reply, reply_len, cmd, cmd_len, resp, resp_cap, out, cap);
+}

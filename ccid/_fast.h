@@ -64,4 +64,39 @@ int ccid_join_chained(const uint8_t *levels, const uint8_t *const *data,
                       const size_t *lengths, size_t count, uint8_t *out, size_t cap,
                       size_t *out_len);
 
+/* ccid_chain_step: a chained exchange driven one reply at a time (the per-block loop of
+ * T=1 TPDU exchanges and extended-APDU pieces). Only the expected, successful case is
+ * handled here; any other reply returns CCID_CHAIN_OTHER with the state untouched, and the
+ * caller's general code (time extensions, errors, T=1 error recovery) takes over. */
+#define CCID_CHAIN_EXTENDED 0
+#define CCID_CHAIN_T1 1
+#define CCID_CHAIN_DONE 0
+#define CCID_CHAIN_OTHER (-4)
+
+typedef struct {
+    int mode;          /* CCID_CHAIN_EXTENDED or CCID_CHAIN_T1 */
+    int slot;
+    int seq;           /* bSeq of the frame in flight */
+    /* extended: 0 a command piece in flight (answer: 0x10), 1 the last piece in flight
+     * (answer: 0x00 or 0x01), 2 a continue request in flight (answer: 0x03 or 0x02);
+     * T=1: 0 idle (done), 1 sending, 2 awaiting, 3 receiving (ccid.protocol.t1.T1State). */
+    int phase;
+    int nad;
+    int crc;
+    int ns;
+    int nr;
+    size_t ifsd;       /* T=1: largest INF accepted */
+    size_t chunk;      /* extended: bytes per piece; T=1: IFSC */
+    size_t max_length; /* dwMaxCCIDMessageLength, 0: not checked */
+    size_t offset;     /* command bytes before the piece or I-block in flight */
+    size_t sent;       /* command bytes in the piece or I-block in flight */
+    size_t resp_len;   /* response bytes gathered */
+} ccid_chain;
+
+long long ccid_chain_first(ccid_chain *st, int seq, const uint8_t *cmd, size_t cmd_len,
+                           uint8_t *out, size_t cap);
+long long ccid_chain_step(ccid_chain *st, int seq, const uint8_t *reply, size_t reply_len,
+                          const uint8_t *cmd, size_t cmd_len, uint8_t *resp, size_t resp_cap,
+                          uint8_t *out, size_t cap);
+
 #endif

@@ -26,6 +26,9 @@ from ccid import _framing_py as _py
 from ccid._fast_cffi import ffi, lib  # ImportError when not built: framing falls back
 
 __all__ = [
+    "CHAIN_EXTENDED",
+    "CHAIN_T1",
+    "Chain",
     "build_frame",
     "build_t1_block",
     "check_reply",
@@ -218,3 +221,97 @@ def join_chained(parts: list[tuple[int, bytes]]) -> tuple[int, bytes]:
     if len(levels) == 1:
         return 0, parts[0][1]
     return 0, b"".join(map(_second, parts))
+
+
+CHAIN_EXTENDED = _py.CHAIN_EXTENDED
+CHAIN_T1 = _py.CHAIN_T1
+_chain_first: Callable[..., int] = lib.ccid_chain_first
+_chain_step: Callable[..., int] = lib.ccid_chain_step
+_CHAIN_OTHER = -4
+# room for the largest frame either mode builds: a piece of ``chunk`` bytes or a T=1 block
+_T1_FRAME = 10 + 3 + 254 + 2
+
+
+class Chain:
+    """``_framing_py.Chain`` over ``ccid_chain_first`` / ``ccid_chain_step``: one C call
+    per reply checks the frame (and the T=1 block), moves the state and builds the next
+    frame. Same arguments, results and errors as the twin; the buffers are made once."""
+
+    __slots__ = ("_cmd", "_out", "_out_cap", "_resp", "_st", "resp_cap")
+
+    def __init__(self, mode: int, *, chunk: int, slot: int = 0, max_length: int = 0,
+                 nad: int = 0, crc: bool = False, ifsd: int = 254,
+                 resp_cap: int = 65_538) -> None:
+        _py._check_chain_args(mode, chunk, slot, nad, ifsd, resp_cap)
+        st = ffi.new("ccid_chain *")
+        st.mode, st.slot, st.chunk, st.max_length = mode, slot, chunk, max(0, max_length)
+        st.nad, st.crc, st.ifsd = nad, 1 if crc else 0, ifsd
+        self._st = st
+        self._cmd = b""  # kept alive: C reads it on every step
+        self.resp_cap = resp_cap
+        self._resp = _alloc("uint8_t[]", max(resp_cap, 1))
+        self._out_cap = 10 + (chunk if mode == CHAIN_EXTENDED else _T1_FRAME)
+        self._out = _alloc("uint8_t[]", self._out_cap)
+
+    # The state's fields, read from the struct (properties: a __getattr__ fallback would
+    # pay for a failed lookup first).
+    mode = property(lambda self: self._st.mode)
+    slot = property(lambda self: self._st.slot)
+    seq = property(lambda self: self._st.seq)
+    phase = property(lambda self: self._st.phase)
+    nad = property(lambda self: self._st.nad)
+    crc = property(lambda self: bool(self._st.crc))
+    ns = property(lambda self: self._st.ns)
+    nr = property(lambda self: self._st.nr)
+    ifsd = property(lambda self: self._st.ifsd)
+    chunk = property(lambda self: self._st.chunk)
+    max_length = property(lambda self: self._st.max_length)
+    offset = property(lambda self: self._st.offset)
+    sent = property(lambda self: self._st.sent)
+    resp_len = property(lambda self: self._st.resp_len)
+
+    def response(self) -> bytes:
+        """The response gathered so far (all of it once :meth:`step` returned ``b""``)."""
+        return bytes(_buffer(self._resp, self._st.resp_len))
+
+    def first(self, seq: int, cmd: bytes, *, ns: int = 0, nr: int = 0, chunk: int = 0,
+              ifsd: int = 0) -> bytes:
+        """Start an exchange of ``cmd``: its first frame, with bSeq ``seq``."""
+        st = self._st
+        if type(cmd) is not bytes:
+            cmd = bytes(cmd)
+        try:
+            st.ns, st.nr = ns, nr
+            if chunk:
+                if chunk > self._out_cap - 10 and st.mode == CHAIN_EXTENDED:
+                    raise OverflowError  # the frame buffer was sized for the first chunk
+                st.chunk = chunk
+            if ifsd:
+                st.ifsd = ifsd
+            n = _chain_first(st, seq, cmd, len(cmd), self._out, self._out_cap)
+        except (TypeError, OverflowError):
+            n = -1
+        if n < 0:  # a refused start leaves the chain to be started again
+            _py._check_first_args(st.mode, seq, ns, nr, chunk, ifsd)
+            raise ValueError(f"chain refused the exchange (code {n})")
+        self._cmd = cmd
+        return bytes(_buffer(self._out, n))
+
+    def step(self, seq: int, reply: bytes) -> bytes | None:
+        """Next frame (bSeq ``seq``), ``b""`` when complete, None: not the expected reply."""
+        try:
+            n = _chain_step(self._st, seq, reply, len(reply), self._cmd, len(self._cmd),
+                            self._resp, self.resp_cap, self._out, self._out_cap)
+        except (TypeError, OverflowError):
+            _py._check_seq(seq)
+            reply = _py._as_reply(reply)
+            n = _chain_step(self._st, seq, reply, len(reply), self._cmd, len(self._cmd),
+                            self._resp, self.resp_cap, self._out, self._out_cap)
+        if n > 0:
+            return _buffer(self._out, n)[:]  # type: ignore[no-any-return]
+        if n == 0:
+            return b""
+        if n == _CHAIN_OTHER:
+            return None
+        _py._check_seq(seq)  # the only argument C can still refuse
+        raise ValueError(f"chain state refused (code {n})")  # pragma: no cover

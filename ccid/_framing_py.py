@@ -179,3 +179,208 @@ def join_chained(parts: list[tuple[int, bytes]]) -> tuple[int, bytes]:
     if parts[-1][0] != 0x02:
         return 4, b""
     return 0, b"".join(p[1] for p in parts)
+
+
+# --- chained exchanges (twin of ccid_chain_first / ccid_chain_step) ----------------------
+
+CHAIN_EXTENDED = 0
+CHAIN_T1 = 1
+
+
+class Chain:
+    """A chained exchange driven one reply at a time: the per-block loop of T=1 TPDU
+    exchanges (``mode`` CHAIN_T1) and of extended-APDU pieces (CHAIN_EXTENDED).
+
+    Made once per slot and mode, used for one exchange after the other. :meth:`first`
+    starts an exchange and gives its first XfrBlock frame; :meth:`step` takes the reply to
+    the frame in flight and gives the next frame, ``b""`` when the exchange is complete
+    (:meth:`response`), or None when the reply is not the expected, successful one: the
+    state is then untouched and the caller's general code takes over, from the fields
+    (``phase``, ``ns``, ``nr``, ``offset``, ``sent``, ``seq``, :meth:`response`).
+    ``chunk``: bytes per piece (extended) or IFSC (T=1).
+    """
+
+    __slots__ = (
+        "_cmd",
+        "_resp",
+        "chunk",
+        "crc",
+        "ifsd",
+        "max_length",
+        "mode",
+        "nad",
+        "nr",
+        "ns",
+        "offset",
+        "phase",
+        "resp_cap",
+        "sent",
+        "seq",
+        "slot",
+    )
+
+    def __init__(self, mode: int, *, chunk: int, slot: int = 0, max_length: int = 0,
+                 nad: int = 0, crc: bool = False, ifsd: int = 254,
+                 resp_cap: int = 65_538) -> None:
+        _check_chain_args(mode, chunk, slot, nad, ifsd, resp_cap)
+        self.mode, self.slot, self.chunk, self.max_length = mode, slot, chunk, max_length
+        self.nad, self.crc, self.ifsd = nad, bool(crc), ifsd
+        self.resp_cap = resp_cap
+        self._cmd = b""
+        self._resp = bytearray()
+        self.seq = self.phase = self.offset = self.sent = self.ns = self.nr = 0
+
+    @property
+    def resp_len(self) -> int:
+        """Response bytes gathered so far."""
+        return len(self._resp)
+
+    def response(self) -> bytes:
+        """The response gathered so far (all of it once :meth:`step` returned ``b""``)."""
+        return bytes(self._resp)
+
+    def first(self, seq: int, cmd: bytes, *, ns: int = 0, nr: int = 0, chunk: int = 0,
+              ifsd: int = 0) -> bytes:
+        """Start an exchange of ``cmd``: its first frame, with bSeq ``seq``. T=1: ``ns``
+        and ``nr`` are the sequence numbers to start from; ``chunk`` (IFSC) and ``ifsd``,
+        when not 0, replace the current ones."""
+        _check_first_args(self.mode, seq, ns, nr, chunk, ifsd)
+        if chunk:
+            self.chunk = chunk
+        if ifsd:
+            self.ifsd = ifsd
+        cmd = self._cmd = bytes(cmd)
+        self.ns, self.nr = ns, nr
+        self.offset = 0
+        self._resp.clear()
+        self.sent = min(len(cmd), self.chunk)
+        if self.mode == CHAIN_T1:
+            return self._i_frame(seq)
+        level = 0x0000 if len(cmd) <= self.chunk else 0x0001
+        self.phase = 0 if self.sent < len(cmd) else 1
+        self.seq = seq
+        return build_frame(0x6F, self.slot, seq, 0, level, 0, cmd[: self.sent])
+
+    def step(self, seq: int, reply: bytes) -> bytes | None:
+        """Next frame (bSeq ``seq``), ``b""`` when complete, None: not the expected reply."""
+        _check_seq(seq)
+        reply = _as_reply(reply)
+        n = len(reply)
+        if n < HEADER_SIZE or reply[0] != 0x80 or reply[5] != self.slot or \
+                reply[6] != self.seq or int.from_bytes(reply[1:5], "little") != n - HEADER_SIZE \
+                or (self.max_length and n > self.max_length) or reply[7] & 0xC0:
+            return None
+        if self.mode == CHAIN_T1:
+            return self._t1_step(seq, bytes(reply[HEADER_SIZE:]))
+        return self._extended_step(seq, reply)
+
+    def _gather(self, data: bytes) -> bool:
+        if len(self._resp) + len(data) > self.resp_cap:
+            return False
+        self._resp += data
+        return True
+
+    def _extended_step(self, seq: int, reply: bytes) -> bytes | None:
+        chain = reply[9]
+        cmd = self._cmd
+        if self.phase == 0:
+            offset = self.offset + self.sent
+            if chain != 0x10 or offset >= len(cmd):
+                return None
+            sent = min(len(cmd) - offset, self.chunk)
+            last = offset + sent >= len(cmd)
+            self.offset, self.sent, self.phase, self.seq = offset, sent, 1 if last else 0, seq
+            return build_frame(0x6F, self.slot, seq, 0, 0x02 if last else 0x03, 0,
+                               cmd[offset : offset + sent])
+        if chain not in ((0x00, 0x01) if self.phase == 1 else (0x03, 0x02)):
+            return None
+        if not self._gather(bytes(reply[HEADER_SIZE:])):
+            return None
+        if chain in (0x00, 0x02):
+            self.phase = 3
+            return b""
+        self.phase, self.seq = 2, seq
+        return build_frame(0x6F, self.slot, seq, 0, 0x10, 0x00, b"")
+
+    def _i_frame(self, seq: int) -> bytes:
+        cmd = self._cmd
+        more = self.offset + self.sent < len(cmd)
+        block = build_t1_block(self.nad, (self.ns << 6) | (0x20 if more else 0),
+                               cmd[self.offset : self.offset + self.sent], self.crc)
+        self.phase, self.seq = (1 if more else 2), seq
+        return build_frame(0x6F, self.slot, seq, 0, 0, 0, block)
+
+    def _t1_step(self, seq: int, block: bytes) -> bytes | None:
+        status, _nad, pcb, inf = check_t1_block(block, self.crc)
+        if status:
+            return None
+        cmd = self._cmd
+        if self.phase == 1:
+            if pcb & 0xC0 != 0x80 or pcb & 0x2F or inf or (pcb >> 4) & 1 == self.ns or \
+                    self.offset + self.sent >= len(cmd):
+                return None
+            self.offset += self.sent
+            self.ns ^= 1
+            self.sent = min(len(cmd) - self.offset, self.chunk)
+            return self._i_frame(seq)
+        if self.phase not in (2, 3):
+            return None
+        if pcb & 0x80 or pcb & 0x1F or len(inf) > self.ifsd or (pcb >> 6) & 1 != self.nr or \
+                (pcb & 0x20 and not inf):
+            return None
+        if not self._gather(inf):
+            return None
+        if self.phase == 2:
+            self.ns ^= 1  # the card's I-block acknowledges our last one
+        self.nr ^= 1
+        if not pcb & 0x20:
+            self.phase = 0
+            return b""
+        self.phase, self.seq = 3, seq
+        return build_frame(0x6F, self.slot, seq, 0, 0, 0,
+                           build_t1_block(self.nad, 0x80 | (self.nr << 4), b"", self.crc))
+
+
+def _as_reply(reply: bytes) -> bytes:
+    """A reply as ``bytes``: bytes-like objects only (an int would make ``bytes(n)``)."""
+    if type(reply) is bytes:
+        return reply
+    if not isinstance(reply, (bytes, bytearray, memoryview)):
+        raise TypeError(f"a reply frame must be bytes-like, not {type(reply).__name__}")
+    return bytes(reply)
+
+
+def _check_seq(seq: int) -> None:
+    if type(seq) is not int or not 0 <= seq <= 0xFF:
+        raise ValueError(f"bSeq must be 0..255, got {seq!r}")
+
+
+def _check_chain_args(mode: int, chunk: int, slot: int, nad: int, ifsd: int,
+                      resp_cap: int) -> None:
+    """Both twins refuse the same arguments, with the same ValueError."""
+    if mode not in (CHAIN_EXTENDED, CHAIN_T1):
+        raise ValueError(f"unknown chain mode {mode!r}")
+    _check_chunk(mode, chunk)
+    for name, value, hi in (("slot", slot, 0xFF), ("nad", nad, 0xFF), ("ifsd", ifsd, 254)):
+        if not 0 <= value <= hi:
+            raise ValueError(f"{name} must be 0..{hi}, got {value!r}")
+    if resp_cap < 0:
+        raise ValueError(f"resp_cap must not be negative, got {resp_cap!r}")
+
+
+def _check_chunk(mode: int, chunk: int) -> None:
+    limit = 254 if mode == CHAIN_T1 else 1 << 31
+    if not 1 <= chunk <= limit:
+        raise ValueError(f"chunk must be 1..{limit}, got {chunk!r}")
+
+
+def _check_first_args(mode: int, seq: int, ns: int, nr: int, chunk: int, ifsd: int) -> None:
+    """What :meth:`Chain.first` refuses (0 for ``chunk``/``ifsd`` keeps the current one)."""
+    _check_seq(seq)
+    for name, value in (("ns", ns), ("nr", nr)):
+        if value not in (0, 1):
+            raise ValueError(f"{name} must be 0 or 1, got {value!r}")
+    if chunk:
+        _check_chunk(mode, chunk)
+    if not 0 <= ifsd <= 254:
+        raise ValueError(f"ifsd must be 0..254, got {ifsd!r}")

@@ -318,12 +318,17 @@ class FrameAssembler:
         return frame
 
 
+#: The longest chained response accepted at extended-APDU level: 64 KB + SW1 SW2, and a
+#: little room for readers that count differently.
+CHAINED_RESPONSE_LIMIT = 65538 + 16
+
+
 class ChainedResponse:
     """Join the pieces of an extended-APDU-level response (bChainParameter 1, 3.., 2)."""
 
     __slots__ = ("_limit", "_parts", "_size")
 
-    def __init__(self, limit: int = 65538 + 16) -> None:
+    def __init__(self, limit: int = CHAINED_RESPONSE_LIMIT) -> None:
         self._parts: list[tuple[int, bytes]] = []
         self._size = 0
         self._limit = limit

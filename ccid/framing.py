@@ -16,6 +16,9 @@ from ccid.errors import ProtocolError, UsageError
 
 __all__ = [
     "BACKEND",
+    "CHAIN_EXTENDED",
+    "CHAIN_T1",
+    "Chain",
     "FrameStatus",
     "T1BlockError",
     "T1Status",
@@ -105,6 +108,12 @@ _build_t1 = _active.build_t1_block
 _check_t1 = _active.check_t1_block
 _split = _active.split_extended
 _join = _active.join_chained
+
+#: A chained exchange driven one reply at a time (T=1 blocks, extended-APDU pieces): one
+#: C call per reply checks it and builds the next frame. See ``_framing_py.Chain``.
+Chain = _active.Chain
+CHAIN_EXTENDED: int = _py.CHAIN_EXTENDED
+CHAIN_T1: int = _py.CHAIN_T1
 
 _BYTES_LIKE = (bytes, bytearray, memoryview)
 # What the twins raise for arguments of the wrong type or range: the caller's mistake.

@@ -49,6 +49,7 @@ from ccid.constants import (
 )
 from ccid.descriptor import CCIDDescriptor, parse_clock_frequencies, parse_data_rates
 from ccid.engine import (
+    CHAINED_RESPONSE_LIMIT,
     ChainedResponse,
     Discarded,
     Engine,
@@ -76,8 +77,9 @@ from ccid.errors import (
     UnsupportedReaderError,
     UsageError,
 )
+from ccid.framing import CHAIN_EXTENDED, CHAIN_T1, Chain
+from ccid.framing import build_frame_raw as _build_frame
 from ccid.framing import reply_header_raw as _reply_header
-from ccid.framing import split_extended
 from ccid.protocol.atr import ATR, parse_atr
 from ccid.protocol.params import (
     DEFAULT_FI_DI,
@@ -153,6 +155,15 @@ _VIDPID = re.compile(r"^([0-9A-Fa-f]{4}):([0-9A-Fa-f]{4})$")
 #: digit, 8-byte block), ``"bcd"`` (two digits per byte, 8-byte block) or ``"format2"``
 #: (ISO 9564 format 2: 0x2L, BCD digits, F padding, 8 bytes).
 PinFormat = Literal["ascii", "bcd", "format2"]
+
+
+class _LeftChain(Exception):
+    """A successful reply that the chain driving an exchange does not expect (T=1 error
+    recovery, an S-block, a broken response chain): the general code goes on from it."""
+
+    def __init__(self, reply: bytes) -> None:
+        super().__init__("reply outside the chain's expected path")
+        self.reply = reply
 
 
 @dataclass(frozen=True, slots=True)
@@ -415,8 +426,9 @@ class _Slot:
     """Per-slot state. ``lock`` serialises card I/O; ``state_lock`` guards the fields."""
 
     __slots__ = (
-        "atr", "exclusive", "fi_di", "generation", "handles", "index", "lock", "name",
-        "powered", "presence", "present", "protocol", "state_lock", "t1", "wait",
+        "apdu_chain", "atr", "exclusive", "fi_di", "generation", "handles", "index", "lock",
+        "name", "powered", "presence", "present", "protocol", "state_lock", "t1", "t1_chain",
+        "wait",
     )
 
     def __init__(self, index: int, name: str) -> None:
@@ -432,6 +444,10 @@ class _Slot:
         self.protocol: int | None = None
         self.fi_di: int | None = None
         self.t1: Any = None
+        # framing.Chain objects, made on first use and kept (their buffers with them): the
+        # T=1 one for the card's T1Protocol, the extended-APDU one for the reader
+        self.t1_chain: Any = None
+        self.apdu_chain: Any = None
         self.wait = MIN_WAIT
         self.handles: weakref.WeakSet[Card] = weakref.WeakSet()
         self.exclusive: Card | None = None
@@ -442,6 +458,7 @@ class _Slot:
         self.protocol = None
         self.fi_di = None
         self.t1 = None
+        self.t1_chain = None
         self.wait = MIN_WAIT
 
     def card_gone(self) -> None:
@@ -1151,7 +1168,10 @@ class Reader:
                 transport.write(frame, timeout)
 
     def _await(self, pending: Pending, wait: float, deadline: float, ceiling: float,
-               check: bool, raw: bool = False) -> Any:
+               check: bool, raw: bool = False, first: Any = None) -> Any:
+        """Wait for the reply to ``pending``: time extensions, stale frames, timeouts
+        (ABORT). ``first``: the outcome of a first read the caller already made on a serial
+        reader (the bytes it returned, or the exception it raised)."""
         multiplier = 1
         serial = self._serial
         engine = self._engine
@@ -1168,7 +1188,10 @@ class Reader:
             if this_wait > remaining:
                 this_wait = remaining
             try:
-                if serial:
+                if first is not None:
+                    got, first = first, None
+                    frame = self._read_serial(now + this_wait, this_wait, got)
+                elif serial:
                     frame = self._read_serial(now + this_wait, this_wait)
                 else:
                     frame = self._receive(pending.seq, this_wait)
@@ -1236,15 +1259,21 @@ class Reader:
                 self._rx_busy = False
                 self._rx.notify_all()
 
-    def _read_serial(self, end: float, wait: float) -> bytes:
-        """:meth:`_read_frame` with its common case first: one read, one whole frame."""
+    def _read_serial(self, end: float, wait: float, got: Any = None) -> bytes:
+        """:meth:`_read_frame` with its common case first: one read, one whole frame.
+
+        ``got``: that read was already made by the caller (its bytes or its exception)."""
         transport = self._transport
         assembler = self._assembler
-        if transport is None or self._closed or self._removed or self._inherited or \
-                assembler.pending_bytes:
+        if transport is None or (got is None and (
+                self._closed or self._removed or self._inherited or assembler.pending_bytes)):
             return self._read_frame(end)
         try:
-            frame = assembler.feed(transport.read(wait))
+            if got is None:
+                got = transport.read(wait)
+            elif isinstance(got, BaseException):
+                raise got
+            frame = assembler.feed(got)
         except (ReaderTimeoutError, TransportError):
             assembler.reset()
             raise
@@ -1767,6 +1796,7 @@ class Reader:
         ifsd = max(1, min(int(ifsd), ifsd_max))
         t1 = T1Protocol(ifsc=atr.ifsc, ifsd=32, crc=atr.edc == "crc")
         s.t1 = t1
+        s.t1_chain = None
         if desc.exchange_level != ExchangeLevel.TPDU:
             return
         negotiate = not desc.dwFeatures & Features.AUTO_IFSD
@@ -1795,7 +1825,7 @@ class Reader:
         if level is _SHORT_APDU or level is _EXTENDED_APDU:
             return self._apdu_level(s, apdu, ceiling, level)
         if s.protocol == 1:
-            return self._t1_run(s, s.t1.start(apdu), ceiling)
+            return self._t1_run(s, s.t1.start(apdu), ceiling, apdu)
         if level is _CHARACTER:
             raise UsageError("character-level readers are not supported", reader=self.name)
         return self._t0_run(s, apdu, ceiling, raw_t0)
@@ -1820,6 +1850,18 @@ class Reader:
         """One XfrBlock; returns its successful DataBlock whole (bChainParameter at [9],
         abData from [10]): no Reply object on the per-block path. ``held``: the caller
         holds the reader (:meth:`_hold`)."""
+        engine = self._engine
+        limit = engine.max_message_length
+        if not 0 <= s.index < engine.slot_count or (limit and HEADER_SIZE + len(data) > limit):
+            engine.xfr_block(s.index, data, bwi, level)  # raises the right UsageError
+        seq = engine.next_seq()
+        return self._exchange(s, seq, _build_frame(0x6F, s.index, seq, bwi & 0xFF, level & 0xFF,
+                                                   (level >> 8) & 0xFF, data),
+                              deadline, bwi, held)
+
+    def _exchange(self, s: _Slot, seq: int, frame: bytes, deadline: float, bwi: int,
+                  held: bool) -> bytes:
+        """Write an XfrBlock ``frame`` (bSeq ``seq``) and return its successful DataBlock."""
         left = deadline - _monotonic()
         if left <= 0:
             raise ReaderTimeoutError("the call's time ceiling was reached", reader=self.name,
@@ -1827,8 +1869,18 @@ class Reader:
         wait = s.wait * bwi if bwi > 1 else s.wait
         if wait > left:
             wait = left
-        pending = self._engine.xfr_block(s.index, data, bwi, level)
+        transport = self._lean(held)
+        if transport is not None:
+            # The per-block path of chunked exchanges: write, one read, one reply check.
+            got = self._write_read(transport, frame, wait, left)
+            if type(got) is bytes and not _reply_header(
+                    got, 0x80, s.index, seq, self._engine.max_message_length) & 0xC0FF:
+                if _trace.enabled:
+                    transport.trace_in(got)
+                return got
+            return self._settle(s, seq, frame, got, wait, deadline, left)
         transport = self._transport
+        pending = Pending(0x6F, s.index, seq, 0x80, frame)
         if held:
             if transport is None or self._closed or self._removed or self._inherited or (
                     not _AT_FORK and self._pid != os.getpid()):
@@ -1845,8 +1897,99 @@ class Reader:
                 return self._write_await(transport, pending, wait, deadline, left)
             finally:
                 busy.release()
-        frame: bytes = self._send(pending, wait, left, True, True)
-        return frame
+        reply: bytes = self._send(pending, wait, left, True, True)
+        return reply
+
+    def _lean(self, held: bool) -> UsbTransport | None:
+        """The transport when the per-block path may skip the general machinery: the
+        caller holds a one-busy-slot reader that is open, present, this process's, with no
+        partial frame pending; else None."""
+        transport = self._transport
+        if held and self._serial and transport is not None and not (
+                self._closed or self._removed or self._inherited or
+                self._assembler.pending_bytes) and (_AT_FORK or self._pid == os.getpid()):
+            return transport
+        return None
+
+    def _write_read(self, transport: UsbTransport, frame: bytes, wait: float,
+                    left: float) -> Any:
+        """Write ``frame``, then make one read: its bytes, or the exception it raised
+        (returned: :meth:`_settle` goes on from it). A failed write raises."""
+        timeout = wait if wait >= 0.5 else (left if left < 0.5 else 0.5)
+        try:
+            try:
+                transport.write(frame, timeout)
+            except (ReaderTimeoutError, TransportError):
+                raise
+            except ReaderError:
+                # bulk-OUT stalled: the halt is cleared and the frame never arrived, so
+                # sending it again is safe (once).
+                transport.write(frame, timeout)
+        except ReaderRemovedError:
+            self._lost()
+            raise
+        try:
+            return transport.read(wait)
+        except CCIDError as exc:
+            return exc
+
+    def _settle(self, s: _Slot, seq: int, frame: bytes, got: Any, wait: float,
+                deadline: float, left: float) -> bytes:
+        """The reply to ``frame`` through the general machinery (time extensions, stale
+        frames, failures, a frame in several transfers, timeouts), from the read already
+        made (``got``: its bytes or its exception)."""
+        try:
+            reply: bytes = self._await(Pending(0x6F, s.index, seq, 0x80, frame), wait,
+                                       deadline, left, True, True, got)
+            return reply
+        except ReaderRemovedError:
+            self._lost()
+            raise
+
+    def _pump(self, s: _Slot, chain: Any, frame: bytes, deadline: float, held: bool
+              ) -> bytes:
+        """Drive a :class:`ccid.framing.Chain` from its first ``frame`` to its end; returns
+        the response, or raises.
+
+        One framing call per reply checks it and builds the next frame. A successful reply
+        the chain does not expect (T=1 error recovery, S-blocks, a chaining fault) ends the
+        pump with :class:`_LeftChain` carrying it; the chain's fields say where it stopped.
+        """
+        next_seq = self._engine.next_seq
+        step = chain.step
+        transport = self._lean(held)
+        while True:
+            if transport is None:
+                reply = self._exchange(s, chain.seq, frame, deadline, 0, held)
+            else:
+                # The lean loop: the reader is held, so nobody else closes it, forks from
+                # this exchange or leaves a partial frame; unplugging shows as an error.
+                left = deadline - _monotonic()
+                if left <= 0:
+                    raise ReaderTimeoutError("the call's time ceiling was reached",
+                                             reader=self.name, slot=s.index)
+                wait = s.wait if s.wait < left else left
+                got = self._write_read(transport, frame, wait, left)
+                if type(got) is bytes:
+                    following = step(next_seq(), got)
+                    if following is not None:
+                        if _trace.enabled:
+                            transport.trace_in(got)
+                        if not following:
+                            response: bytes = chain.response()
+                            return response
+                        frame = following
+                        continue
+                reply = self._settle(s, chain.seq, frame, got, wait, deadline, left)
+                transport = self._lean(held)
+            following = step(next_seq(), reply)
+            if following:
+                frame = following
+            elif following is None:
+                raise _LeftChain(reply)
+            else:
+                done: bytes = chain.response()
+                return done
 
     def _write_await(self, transport: UsbTransport, pending: Pending, wait: float,
                      deadline: float, left: float) -> bytes:
@@ -1874,7 +2017,12 @@ class Reader:
             if held:
                 self._busy.release()
 
-    def _t1_run(self, s: _Slot, block: bytes, ceiling: float) -> bytes:
+    def _t1_run(self, s: _Slot, block: bytes, ceiling: float, apdu: bytes | None = None
+                ) -> bytes:
+        """Run a T=1 exchange from its first ``block``. ``apdu``: the APDU that block
+        starts; the hot part of its exchange (I-blocks acknowledged, the card's I-blocks
+        taken) then runs through :class:`ccid.framing.Chain`, and the protocol object takes
+        over only where that stops (error recovery, S-blocks, WTX)."""
         t1 = s.t1
         step = t1.step
         xfr = self._xfr
@@ -1882,6 +2030,32 @@ class Reader:
         bwi = 0
         held = self._hold(ceiling)
         try:
+            limit = self._engine.max_message_length
+            if apdu is not None and (not limit or limit >= HEADER_SIZE + 5 + t1.ifsc):
+                chain = s.t1_chain
+                if chain is None:
+                    chain = s.t1_chain = Chain(
+                        CHAIN_T1, chunk=t1.ifsc, slot=s.index, max_length=limit, nad=t1.nad,
+                        crc=t1.crc, ifsd=t1.ifsd, resp_cap=t1.max_response)
+                first = chain.first(self._engine.next_seq(), apdu, ns=t1.ns, nr=t1.nr,
+                                    chunk=t1.ifsc, ifsd=t1.ifsd)
+                try:
+                    response = self._pump(s, chain, first, deadline, held)
+                except _LeftChain as left:
+                    t1.resume(chain.phase, chain.ns, chain.nr, chain.offset, chain.sent,
+                              chain.response())
+                    following, bwi, last = step(left.reply[HEADER_SIZE:])
+                    if following is None:
+                        ended: bytes = last
+                        return ended
+                    block = following
+                except CardMuteError:
+                    t1.resume(chain.phase, chain.ns, chain.nr, chain.offset, chain.sent,
+                              chain.response())
+                    block, bwi = t1.timeout_error(), 0
+                else:
+                    t1.resume(0, chain.ns, chain.nr, 0, 0, b"")
+                    return response
             for _ in range(100_000):  # each round moves the exchange or counts a retry
                 try:
                     frame = xfr(s, block, deadline, bwi=bwi, held=held)
@@ -1923,28 +2097,37 @@ class Reader:
                 if frame[9] == _CHAIN_COMPLETE:
                     return frame[HEADER_SIZE:]
                 return self._chained_rest(s, frame, deadline, held)
-            parts = split_extended(apdu, max(1, room))
-            last = len(parts) - 1
-            frame = b""
-            for i, (lvl, chunk) in enumerate(parts):
-                frame = self._xfr(s, chunk, deadline, level=lvl, held=held)
-                if i < last and frame[9] != _CHAIN_CONTINUE:
-                    self._recover()
-                    raise ProtocolError(
-                        f"reader answered bChainParameter 0x{frame[9]:02X} to a command "
-                        "piece instead of asking for the next one (0x10)", reader=self.name,
-                        slot=s.index)
-            if frame[9] == _CHAIN_COMPLETE:
-                return frame[HEADER_SIZE:]
-            return self._chained_rest(s, frame, deadline, held)
+            chain = s.apdu_chain
+            if chain is None or chain.chunk != max(1, room):
+                chain = s.apdu_chain = Chain(
+                    CHAIN_EXTENDED, chunk=max(1, room), slot=s.index,
+                    max_length=self._engine.max_message_length,
+                    resp_cap=CHAINED_RESPONSE_LIMIT)
+            try:
+                return self._pump(s, chain, chain.first(self._engine.next_seq(), apdu),
+                                  deadline, held)
+            except _LeftChain as left:
+                frame = left.reply
+            if chain.phase == 0:
+                self._recover()
+                raise ProtocolError(
+                    f"reader answered bChainParameter 0x{frame[9]:02X} to a command "
+                    "piece instead of asking for the next one (0x10)", reader=self.name,
+                    slot=s.index)
+            joined = ChainedResponse()
+            if chain.phase == 2:  # pieces 0x01 (0x03...) taken: the next one broke the chain
+                joined.add(0x01, chain.response())
+            return self._chained_rest(s, frame, deadline, held, joined)
         finally:
             if held:
                 self._busy.release()
 
-    def _chained_rest(self, s: _Slot, frame: bytes, deadline: float,
-                      held: bool = False) -> bytes:
-        """Ask for the rest of a chained response (wLevelParameter 0x10) and join it."""
-        joined = ChainedResponse()
+    def _chained_rest(self, s: _Slot, frame: bytes, deadline: float, held: bool = False,
+                      joined: ChainedResponse | None = None) -> bytes:
+        """Ask for the rest of a chained response (wLevelParameter 0x10) and join it;
+        ``joined``: the pieces taken so far."""
+        if joined is None:
+            joined = ChainedResponse()
         add = joined.add
         done = add(frame[9], frame[HEADER_SIZE:])
         for _ in range(70_000):

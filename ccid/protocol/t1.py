@@ -216,6 +216,9 @@ class T1Protocol:
     (tell the card with ``ifs_request``); ``crc``: EDC is CRC (else LRC); ``nad``: NAD byte.
     """
 
+    #: The longest response accepted (see MAX_RESPONSE).
+    max_response = MAX_RESPONSE
+
     def __init__(self, ifsc: int = 32, ifsd: int = 254, crc: bool = False, nad: int = 0,
                  max_retries: int = 3) -> None:
         for name, value in (("ifsc", ifsc), ("ifsd", ifsd)):
@@ -322,6 +325,21 @@ class T1Protocol:
         if isinstance(event, Complete):
             return None, 0, event.response
         return event.block, event.wtx, b""
+
+    def resume(self, phase: int, ns: int, nr: int, offset: int, sent: int,
+               response: bytes) -> None:
+        """Take over the APDU exchange begun with :meth:`start` that another driver (the
+        reader's :class:`ccid.framing.Chain`) moved on: ``phase`` 0 idle (it ended),
+        1 sending, 2 awaiting, 3 receiving; ``offset``/``sent``: the command bytes before
+        and in the I-block in flight; ``response``: what the card sent so far."""
+        self.state = (_IDLE, _SENDING, _AWAITING, _RECEIVING)[phase]
+        self.ns, self.nr = ns, nr
+        self._offset = offset
+        self._chunk = self._apdu[offset : offset + sent]
+        self._more = offset + sent < len(self._apdu)
+        self._response[:] = response
+        # Every move the driver made reset the retry counters, as the handlers here do.
+        self._reset_retries()
 
     def timeout_error(self) -> bytes:
         """The block to send after a block waiting time passed without a reply."""

@@ -192,6 +192,117 @@ static void chunks(void)
     free(levels);
 }
 
+/* A reply to the frame in flight: usually the one the chain expects, sometimes not. */
+static uint8_t *chain_reply(const ccid_chain *st, size_t *len)
+{
+    uint8_t body[300];
+    size_t n = 0;
+    uint8_t *reply;
+
+    if (st->mode == CCID_CHAIN_T1) {
+        int kind = (int)below(4);
+        uint8_t inf[254];
+        size_t inf_len = below(st->ifsd + 2 > 254 ? 254 : st->ifsd + 2);
+        long long k;
+
+        for (size_t i = 0; i < inf_len; i++)
+            inf[i] = (uint8_t)rnd();
+        if (kind == 0) /* R-block acknowledging our I-block */
+            k = ccid_build_t1_block(body, sizeof body, 0, 0x80 | ((st->ns ^ 1) << 4), NULL, 0,
+                                    st->crc);
+        else if (kind == 1) /* the card's I-block, chained or last */
+            k = ccid_build_t1_block(body, sizeof body, 0,
+                                    (st->nr << 6) | (below(2) ? 0x20 : 0), inf, inf_len,
+                                    st->crc);
+        else if (kind == 2) /* any well-framed block */
+            k = ccid_build_t1_block(body, sizeof body, 0, (int)below(256), inf, inf_len,
+                                    st->crc);
+        else
+            k = (long long)below(12);
+        n = k > 0 ? (size_t)k : 0;
+        if (kind == 3)
+            for (size_t i = 0; i < n; i++)
+                body[i] = (uint8_t)rnd();
+    } else {
+        n = below(4) ? 0 : below(300);
+    }
+    *len = 10 + n;
+    reply = random_block(*len);
+    reply[0] = below(16) ? 0x80 : (uint8_t)rnd();
+    reply[1] = (uint8_t)n;
+    reply[2] = (uint8_t)(n >> 8);
+    reply[3] = reply[4] = 0;
+    reply[5] = (uint8_t)st->slot;
+    reply[6] = below(16) ? (uint8_t)st->seq : (uint8_t)rnd();
+    reply[7] = below(8) ? 0 : (uint8_t)rnd();
+    {
+        static const uint8_t chains[] = {0x10, 0x00, 0x01, 0x02, 0x03, 0x10, 0x03, 0x77};
+        reply[9] = chains[below(sizeof chains)];
+    }
+    if (n && st->mode == CCID_CHAIN_T1)
+        memcpy(reply + 10, body, n);
+    if (below(32) == 0 && *len > 0)
+        *len -= 1 + below(*len); /* cut short: the header no longer matches */
+    return reply;
+}
+
+static long chain_moves, chain_ends;
+
+static void chains(void)
+{
+    ccid_chain st;
+    size_t cmd_len = below(8) ? below(2000) + 1 : random_len(70000);
+    uint8_t *cmd = random_block(cmd_len);
+    size_t resp_cap = below(8) ? 70000 : below(600);
+    uint8_t *resp = malloc(resp_cap ? resp_cap : 1);
+    size_t cap, round;
+    uint8_t *out;
+    long long n;
+
+    memset(&st, 0, sizeof st);
+    st.mode = (int)below(2);
+    st.slot = (int)below(2);
+    st.crc = (int)below(2);
+    st.ifsd = below(254) + 1;
+    st.chunk = st.mode == CCID_CHAIN_T1 ? below(254) + 1 : below(700) + 1;
+    st.max_length = below(4) ? 0 : below(400);
+    cap = st.mode == CCID_CHAIN_T1 ? 10 + 3 + 254 + 2 : 10 + st.chunk;
+    if (below(16) == 0)
+        cap = below(cap); /* too small: refused, never overrun */
+    out = malloc(cap ? cap : 1);
+    n = ccid_chain_first(&st, (int)below(256), cmd, cmd_len, out, cap);
+    if (n > 0)
+        CHECK((size_t)n <= cap &&
+              ccid_check_reply(out, (size_t)n, 0x6F, st.slot, st.seq, 0) == CCID_OK);
+    for (round = 0; n > 0 && round < 400; round++) {
+        size_t len;
+        uint8_t *reply = chain_reply(&st, &len);
+        size_t before = st.resp_len;
+
+        n = ccid_chain_step(&st, (int)below(256), reply, len, cmd, cmd_len, resp, resp_cap,
+                            out, cap);
+        CHECK(n >= CCID_CHAIN_OTHER);
+        CHECK(st.resp_len <= resp_cap && st.resp_len >= before);
+        CHECK(st.offset <= cmd_len && st.sent <= cmd_len - st.offset);
+        if (n > 0)
+            CHECK((size_t)n <= cap &&
+                  ccid_check_reply(out, (size_t)n, 0x6F, st.slot, st.seq, 0) == CCID_OK);
+        if (n > 0)
+            chain_moves++;
+        else if (n == CCID_CHAIN_DONE)
+            chain_ends++;
+        if (n == CCID_CHAIN_OTHER)
+            n = 1; /* the caller's general code took the reply; go on */
+        free(reply);
+    }
+    CHECK(ccid_chain_step(NULL, 0, NULL, 0, NULL, 0, NULL, 0, NULL, 0) == CCID_E_RANGE);
+    CHECK(ccid_chain_step(&st, 300, NULL, 0, cmd, cmd_len, resp, resp_cap, out, cap) ==
+          CCID_E_RANGE);
+    free(out);
+    free(resp);
+    free(cmd);
+}
+
 int main(int argc, char **argv)
 {
     long iterations = argc > 1 ? atol(argv[1]) : 200000;
@@ -208,16 +319,24 @@ int main(int argc, char **argv)
     CHECK(ccid_join_chained(NULL, NULL, NULL, 0, NULL, 0, &out_len) == CCID_JOIN_EMPTY);
     CHECK(ccid_build_frame(NULL, 0, 0, 0, 0, 0, 0, 0, NULL, 0) == CCID_E_CAPACITY);
     for (i = 0; i < iterations; i++) {
-        switch (i % 3) {
+        switch (i % 4) {
         case 0: frames(); break;
         case 1: t1_blocks(); break;
-        default: chunks(); break;
+        case 2: chunks(); break;
+        default: if (i % 40 == 3) chains(); break; /* a whole exchange per call */
         }
     }
     if (failures) {
         fprintf(stderr, "%d invariant failures\n", failures);
         return 1;
     }
+    /* the expected replies must have driven exchanges forward and to their end */
+    CHECK(iterations < 4000 || (chain_moves > 100 && chain_ends > 10));
+    if (failures) {
+        fprintf(stderr, "%d invariant failures\n", failures);
+        return 1;
+    }
+    printf("chains: %ld moves, %ld ends\n", chain_moves, chain_ends);
     printf("ok %ld iterations\n", iterations);
     return 0;
 }

@@ -49,9 +49,25 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             ccid_check_t1_block(out, n + ((op & 8) ? 5u : 4u), op & 8) != CCID_T1_OK)
             abort();
         break;
-    case 4:
+    case 4: {
+        /* the input as the reply to a chain's first frame, in either mode */
+        ccid_chain st;
+        uint8_t cmd[600], resp[300];
+        long long k;
+
         (void)ccid_join_check(copy, n);
+        memset(&st, 0, sizeof st);
+        memset(cmd, op, sizeof cmd);
+        st.mode = op & 8 ? CCID_CHAIN_T1 : CCID_CHAIN_EXTENDED;
+        st.crc = op & 16;
+        st.ifsd = 254;
+        st.chunk = (size_t)(op >> 5) * 30 + 1;
+        k = ccid_chain_first(&st, op, cmd, (size_t)(op >> 3) * 20 + 1, out, cap);
+        if (k >= 0)
+            (void)ccid_chain_step(&st, 1, copy, n, cmd, (size_t)(op >> 3) * 20 + 1, resp,
+                                  sizeof resp, out, cap);
         break;
+    }
     default: {
         long long chunk = (long long)(op >> 3) + 1;
         long long count = ccid_split_count(n, chunk);
