@@ -90,20 +90,21 @@ def frame_cases() -> dict[str, dict[str, Callable[[], Any]]]:
                     raise AssertionError("reply rejected")
             return run
 
-        def with_header(m: Any, payload: bytes = payload, reply: bytes = reply
-                        ) -> Callable[[], Any]:
-            build, header = m.build_frame, m.reply_header
+        def with_code(m: Any, payload: bytes = payload, reply: bytes = reply
+                      ) -> Callable[[], Any]:
+            build, code = m.build_frame, m.reply_code
 
             def run() -> None:
                 build(0x6F, 0, 7, 4, 0, 0, payload)
-                if header(reply, 0x80, 0, 7, 0) & 0xC0FF:
+                if code(reply, len(reply), 0x80, 0, 7, 0) & 0xC0FF:
                     raise AssertionError("reply rejected")
             return run
 
-        header_impls = {"python": with_header(twin)}
+        code_impls = {"python": with_code(twin)}
         if fast is not None:
-            header_impls["cffi"] = with_header(fast)
-        cases[f"frame build+reply_header, {size:,}-byte payload"] = header_impls
+            code_impls["cffi"] = with_code(fast)
+        cases[f"frame build+reply_code (the library's per-frame calls), {size:,}-byte "
+              "payload"] = code_impls
 
         def with_construct(payload: bytes = payload, reply: bytes = reply) -> Callable[[], Any]:
             build, parse = FRAME.build, FRAME.parse
@@ -164,6 +165,81 @@ def apdu_cases() -> dict[str, dict[str, Callable[[], Any]]]:
     return cases
 
 
+def _data_block(seq: int, data: bytes = b"", chain: int = 0) -> bytes:
+    return twin.build_frame(0x80, 0, seq, 0, 0, chain, data)
+
+
+def chain_cases() -> dict[str, dict[str, Callable[[], Any]]]:
+    """Whole exchanges as the reader drives them (``framing.Chain``): every reply checked
+    and every next frame built by one call. The replies are made beforehand (constant
+    bSeq 7), so only the framing work is timed."""
+    cases: dict[str, dict[str, Callable[[], Any]]] = {}
+    apdu = bytes((i * 13) & 0xFF for i in range(65_535))
+    answer = bytes((i * 7) & 0xFF for i in range(65_535))
+    for chunk in (65_536 - 10, 261):
+        pieces = -(-len(apdu) // chunk)
+        acks = [_data_block(7, chain=0x10)] * (pieces - 1)
+        parts = [answer[i : i + chunk] for i in range(0, len(answer), chunk)]
+        flags = [0x00] if len(parts) == 1 else \
+            [0x01] + [0x03] * (len(parts) - 2) + [0x02]
+        replies = acks + [_data_block(7, p, f) for p, f in zip(parts, flags)]
+
+        def with_chain(m: Any, chunk: int = chunk, replies: list[bytes] = replies
+                       ) -> Callable[[], Any]:
+            chain = m.Chain(m.CHAIN_EXTENDED, chunk=chunk)
+
+            def run() -> None:
+                chain.first(7, apdu)
+                step = chain.step
+                for reply in replies:
+                    step(7, reply)
+                if chain.response() != answer:
+                    raise AssertionError("response not rebuilt")
+            return run
+        impls = {"python": with_chain(twin)}
+        if fast is not None:
+            impls["cffi"] = with_chain(fast)
+        cases[f"extended APDU exchange (Chain: split into frames + join the response), "
+              f"65,535 bytes each way, chunk {chunk:,}"] = impls
+    for crc in (False, True):
+        replies = _t1_replies(apdu, answer, crc)
+
+        def with_t1(m: Any, crc: bool = crc, replies: list[bytes] = replies
+                    ) -> Callable[[], Any]:
+            chain = m.Chain(m.CHAIN_T1, chunk=254, crc=crc)
+
+            def run() -> None:
+                chain.first(7, apdu)
+                step = chain.step
+                for reply in replies:
+                    step(7, reply)
+                if chain.response() != answer:
+                    raise AssertionError("response not rebuilt")
+            return run
+        impls = {"python": with_t1(twin)}
+        if fast is not None:
+            impls["cffi"] = with_t1(fast)
+        cases[f"T=1 exchange (Chain), 65,535 bytes each way, IFSC/IFSD 254, "
+              f"{'CRC' if crc else 'LRC'}"] = impls
+    return cases
+
+
+def _t1_replies(apdu: bytes, answer: bytes, crc: bool) -> list[bytes]:
+    """The card's blocks for a T=1 exchange from N(S) = N(R) = 0: an R-block for each of
+    our chained I-blocks, then the answer in chained I-blocks."""
+    blocks, ns = [], 0
+    for _ in range(254, len(apdu), 254):  # every I-block but the last is chained
+        ns ^= 1
+        blocks.append(twin.build_t1_block(0, 0x80 | (ns << 4), b"", crc))
+    card_ns = 0
+    for start in range(0, len(answer), 254):
+        more = start + 254 < len(answer)
+        blocks.append(twin.build_t1_block(0, (card_ns << 6) | (0x20 if more else 0),
+                                          answer[start : start + 254], crc))
+        card_ns ^= 1
+    return [_data_block(7, block) for block in blocks]
+
+
 def machine() -> str:
     model = "?"
     try:
@@ -189,7 +265,7 @@ def main() -> int:
     print(f"construct baseline: {CONSTRUCT_SOURCE}")
     if fast is None:
         print("ccid._fast_cffi is not built: only the twin and construct are measured")
-    for group in (frame_cases(), t1_cases(), apdu_cases()):
+    for group in (frame_cases(), t1_cases(), apdu_cases(), chain_cases()):
         for title, impls in group.items():
             print(f"\n{title}")
             times = measure(impls, min_time, rounds)

@@ -341,14 +341,17 @@ static long long t1_i_frame(ccid_chain *st, int seq, const uint8_t *cmd, size_t 
     return n + (long long)HEADER;
 }
 
-long long ccid_chain_first(ccid_chain *st, int seq, const uint8_t *cmd, size_t cmd_len,
-                           uint8_t *out, size_t cap)
+long long ccid_chain_first(ccid_chain *st, int seq)
 {
     long long n;
+    const uint8_t *cmd;
+    size_t cmd_len;
 
     if (st == NULL || !is_byte(seq) || !is_byte(st->slot) || st->chunk == 0 ||
         (st->ns != 0 && st->ns != 1) || (st->nr != 0 && st->nr != 1) || st->ifsd > 254)
         return CCID_E_RANGE;
+    cmd = st->cmd;
+    cmd_len = st->cmd_len;
     if (cmd_len && cmd == NULL)
         return CCID_E_LENGTH;
     st->offset = 0;
@@ -357,9 +360,10 @@ long long ccid_chain_first(ccid_chain *st, int seq, const uint8_t *cmd, size_t c
     if (st->mode == CCID_CHAIN_T1) {
         if (!is_byte(st->nad) || st->chunk > 254)
             return CCID_E_RANGE;
-        return t1_i_frame(st, seq, cmd, cmd_len, out, cap);
+        return t1_i_frame(st, seq, cmd, cmd_len, st->out, st->out_cap);
     }
-    n = xfr_frame(st, seq, cmd_len <= st->chunk ? 0x0000 : 0x0001, cmd, st->sent, out, cap);
+    n = xfr_frame(st, seq, cmd_len <= st->chunk ? 0x0000 : 0x0001, cmd, st->sent, st->out,
+                  st->out_cap);
     if (n < 0)
         return n;
     st->phase = st->sent < cmd_len ? 0 : 1;
@@ -471,15 +475,18 @@ static long long t1_step(ccid_chain *st, int seq, const uint8_t *block, size_t l
     }
 }
 
-long long ccid_chain_step(ccid_chain *st, int seq, const uint8_t *reply, size_t reply_len,
-                          const uint8_t *cmd, size_t cmd_len, uint8_t *resp, size_t resp_cap,
-                          uint8_t *out, size_t cap)
+long long ccid_chain_step(ccid_chain *st, int seq, const uint8_t *reply, size_t reply_len)
 {
+    const uint8_t *cmd;
+    size_t cmd_len;
+
     if (st == NULL || !is_byte(seq))
         return CCID_E_RANGE;
+    cmd = st->cmd;
+    cmd_len = st->cmd_len;
     if (cmd_len && cmd == NULL)
         return CCID_E_LENGTH;
-    if (out == NULL)
+    if (st->out == NULL)
         return CCID_E_CAPACITY;
     /* the complete, successful DataBlock answering the frame in flight */
     if (reply == NULL || reply_len < HEADER || reply[0] != 0x80 || reply[5] != st->slot ||
@@ -489,9 +496,10 @@ long long ccid_chain_step(ccid_chain *st, int seq, const uint8_t *reply, size_t 
     if (st->offset > cmd_len || st->sent > cmd_len - st->offset)
         return CCID_E_RANGE; /* the state does not belong to this command */
     if (st->mode == CCID_CHAIN_T1)
-        return t1_step(st, seq, reply + HEADER, reply_len - HEADER, cmd, cmd_len, resp,
-                       resp_cap, out, cap);
+        return t1_step(st, seq, reply + HEADER, reply_len - HEADER, cmd, cmd_len, st->resp,
+                       st->resp_cap, st->out, st->out_cap);
     if (st->mode != CCID_CHAIN_EXTENDED || st->chunk == 0)
         return CCID_E_RANGE;
-    return extended_step(st, seq, reply, reply_len, cmd, cmd_len, resp, resp_cap, out, cap);
+    return extended_step(st, seq, reply, reply_len, cmd, cmd_len, st->resp, st->resp_cap,
+                         st->out, st->out_cap);
 }

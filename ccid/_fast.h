@@ -91,12 +91,17 @@ typedef struct {
     size_t offset;     /* command bytes before the piece or I-block in flight */
     size_t sent;       /* command bytes in the piece or I-block in flight */
     size_t resp_len;   /* response bytes gathered */
+    /* The caller's buffers, set before ccid_chain_first and kept alive until the
+     * exchange ends: the command, where the response goes, where the next frame goes. */
+    const uint8_t *cmd;
+    size_t cmd_len;
+    uint8_t *resp;
+    size_t resp_cap;
+    uint8_t *out;
+    size_t out_cap;
 } ccid_chain;
 
-long long ccid_chain_first(ccid_chain *st, int seq, const uint8_t *cmd, size_t cmd_len,
-                           uint8_t *out, size_t cap);
-long long ccid_chain_step(ccid_chain *st, int seq, const uint8_t *reply, size_t reply_len,
-                          const uint8_t *cmd, size_t cmd_len, uint8_t *resp, size_t resp_cap,
-                          uint8_t *out, size_t cap);
+long long ccid_chain_first(ccid_chain *st, int seq);
+long long ccid_chain_step(ccid_chain *st, int seq, const uint8_t *reply, size_t reply_len);
 
 #endif

@@ -37,6 +37,7 @@ __all__ = [
     "frame_size",
     "join_chained",
     "lrc",
+    "reply_code",
     "reply_header",
     "split_extended",
 ]
@@ -46,11 +47,16 @@ _pack_header = _HEADER.pack
 _alloc = ffi.new_allocator(should_clear_after_alloc=False)
 _from_buffer = ffi.from_buffer
 _buffer = ffi.buffer
+_unpack = ffi.unpack
 _ONE_BYTE = tuple(bytes((i,)) for i in range(256))
 _first = itemgetter(0)
 _second = itemgetter(1)
 
 _check_reply: Callable[..., int] = lib.ccid_check_reply
+#: (buf: bytes, n = len(buf), expect_type, slot, seq, max_length) -> reply_header's code:
+#: the C function itself, no Python frame in between (the engine and the reader call it
+#: once per received frame, always with ``bytes`` they read).
+reply_code: Callable[..., int] = lib.ccid_reply_header
 _reply_header: Callable[..., int] = lib.ccid_reply_header
 _frame_size: Callable[..., int] = lib.ccid_frame_size
 _lrc: Callable[..., int] = lib.ccid_lrc
@@ -235,9 +241,11 @@ _T1_FRAME = 10 + 3 + 254 + 2
 class Chain:
     """``_framing_py.Chain`` over ``ccid_chain_first`` / ``ccid_chain_step``: one C call
     per reply checks the frame (and the T=1 block), moves the state and builds the next
-    frame. Same arguments, results and errors as the twin; the buffers are made once."""
+    frame. Same arguments, results and errors as the twin. The buffers (response, next
+    frame) are made once and live in the C state with the command's pointer, so a step
+    passes four arguments and its frame comes back through ``ffi.unpack`` (one copy)."""
 
-    __slots__ = ("_cmd", "_out", "_out_cap", "_resp", "_st", "resp_cap")
+    __slots__ = ("_cmd", "_out", "_resp", "_st", "resp_cap")
 
     def __init__(self, mode: int, *, chunk: int, slot: int = 0, max_length: int = 0,
                  nad: int = 0, crc: bool = False, ifsd: int = 254,
@@ -246,12 +254,14 @@ class Chain:
         st = ffi.new("ccid_chain *")
         st.mode, st.slot, st.chunk, st.max_length = mode, slot, chunk, max(0, max_length)
         st.nad, st.crc, st.ifsd = nad, 1 if crc else 0, ifsd
+        self.resp_cap = st.resp_cap = resp_cap
+        self._resp = _alloc("char[]", max(resp_cap, 1))
+        st.out_cap = 10 + (chunk if mode == CHAIN_EXTENDED else _T1_FRAME)
+        self._out = _alloc("char[]", st.out_cap)
+        st.resp = ffi.cast("uint8_t *", self._resp)
+        st.out = ffi.cast("uint8_t *", self._out)
+        self._cmd: Any = None  # the command's cffi view: keeps it alive while C reads it
         self._st = st
-        self._cmd = b""  # kept alive: C reads it on every step
-        self.resp_cap = resp_cap
-        self._resp = _alloc("uint8_t[]", max(resp_cap, 1))
-        self._out_cap = 10 + (chunk if mode == CHAIN_EXTENDED else _T1_FRAME)
-        self._out = _alloc("uint8_t[]", self._out_cap)
 
     # The state's fields, read from the struct (properties: a __getattr__ fallback would
     # pay for a failed lookup first).
@@ -272,7 +282,7 @@ class Chain:
 
     def response(self) -> bytes:
         """The response gathered so far (all of it once :meth:`step` returned ``b""``)."""
-        return bytes(_buffer(self._resp, self._st.resp_len))
+        return _unpack(self._resp, self._st.resp_len)  # type: ignore[no-any-return]
 
     def first(self, seq: int, cmd: bytes, *, ns: int = 0, nr: int = 0, chunk: int = 0,
               ifsd: int = 0) -> bytes:
@@ -280,35 +290,35 @@ class Chain:
         st = self._st
         if type(cmd) is not bytes:
             cmd = bytes(cmd)
+        view = _from_buffer(cmd)
         try:
             st.ns, st.nr = ns, nr
             if chunk:
-                if chunk > self._out_cap - 10 and st.mode == CHAIN_EXTENDED:
+                if chunk > st.out_cap - 10 and st.mode == CHAIN_EXTENDED:
                     raise OverflowError  # the frame buffer was sized for the first chunk
                 st.chunk = chunk
             if ifsd:
                 st.ifsd = ifsd
-            n = _chain_first(st, seq, cmd, len(cmd), self._out, self._out_cap)
+            st.cmd, st.cmd_len = view, len(cmd)
+            n = _chain_first(st, seq)
         except (TypeError, OverflowError):
             n = -1
         if n < 0:  # a refused start leaves the chain to be started again
             _py._check_first_args(st.mode, seq, ns, nr, chunk, ifsd)
             raise ValueError(f"chain refused the exchange (code {n})")
-        self._cmd = cmd
-        return bytes(_buffer(self._out, n))
+        self._cmd = view
+        return _unpack(self._out, n)  # type: ignore[no-any-return]
 
     def step(self, seq: int, reply: bytes) -> bytes | None:
         """Next frame (bSeq ``seq``), ``b""`` when complete, None: not the expected reply."""
         try:
-            n = _chain_step(self._st, seq, reply, len(reply), self._cmd, len(self._cmd),
-                            self._resp, self.resp_cap, self._out, self._out_cap)
+            n = _chain_step(self._st, seq, reply, len(reply))
         except (TypeError, OverflowError):
             _py._check_seq(seq)
             reply = _py._as_reply(reply)
-            n = _chain_step(self._st, seq, reply, len(reply), self._cmd, len(self._cmd),
-                            self._resp, self.resp_cap, self._out, self._out_cap)
+            n = _chain_step(self._st, seq, reply, len(reply))
         if n > 0:
-            return _buffer(self._out, n)[:]  # type: ignore[no-any-return]
+            return _unpack(self._out, n)  # type: ignore[no-any-return]
         if n == 0:
             return b""
         if n == _CHAIN_OTHER:

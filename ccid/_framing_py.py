@@ -79,6 +79,13 @@ def reply_header(buf: bytes, expect_type: int, slot: int, seq: int, max_length: 
     return status | buf[7] << 8 | buf[8] << 16 | buf[9] << 24
 
 
+def reply_code(buf: bytes, n: int, expect_type: int, slot: int, seq: int,
+               max_length: int) -> int:
+    """:func:`reply_header` for the per-frame path: ``buf`` is ``bytes`` and ``n`` its
+    length (in C the length cannot be taken from the object, so the caller passes it)."""
+    return reply_header(buf if n == len(buf) else buf[:n], expect_type, slot, seq, max_length)
+
+
 def lrc(data: bytes) -> int:
     """Longitudinal redundancy check: XOR of all bytes."""
     value = 0

@@ -64,7 +64,7 @@ __all__ = [
 ]
 
 # The framing twins' raw functions (int status, no enum wrapping): per-frame hot path.
-_reply_header = framing.reply_header_raw
+_reply_code = framing.reply_code
 _frame_size = framing._frame_size
 _build_frame_raw = framing.build_frame_raw
 _WRONG_SEQ = int(FrameStatus.WRONG_SEQ)
@@ -481,8 +481,10 @@ class Engine:
         stale frames in a row.
         """
         # One framing call: the check, bStatus, bError and byte 9 together.
-        code = _reply_header(frame, pending.expect_type, pending.slot, pending.seq,
-                             self.max_message_length)
+        if type(frame) is not bytes:
+            frame = bytes(frame)
+        code = _reply_code(frame, len(frame), pending.expect_type, pending.slot,
+                           pending.seq, self.max_message_length)
         status = code & 0xFF
         if status == _WRONG_SEQ:
             pending.stale += 1

@@ -103,6 +103,9 @@ _lrc = _active.lrc
 #: | byte 9 << 24 in one call; ``code & 0xC0FF == 0`` is the complete, successful reply.
 #: Unchecked: :func:`reply_header` is the checked form.
 reply_header_raw = _active.reply_header
+#: reply_header_raw with the length passed by the caller: ``(buf, len(buf), expect_type,
+#: slot, seq, max_length)``, ``buf`` a ``bytes`` object. In C this is the bare function.
+reply_code = _active.reply_code
 _crc16 = _active.crc16
 _build_t1 = _active.build_t1_block
 _check_t1 = _active.check_t1_block

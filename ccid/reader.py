@@ -79,7 +79,7 @@ from ccid.errors import (
 )
 from ccid.framing import CHAIN_EXTENDED, CHAIN_T1, Chain
 from ccid.framing import build_frame_raw as _build_frame
-from ccid.framing import reply_header_raw as _reply_header
+from ccid.framing import reply_code as _reply_code
 from ccid.protocol.atr import ATR, parse_atr
 from ccid.protocol.params import (
     DEFAULT_FI_DI,
@@ -1212,8 +1212,9 @@ class Reader:
                 self._abort(pending)
                 raise
             # The common case first: the complete, successful reply to this command.
-            if raw and not _reply_header(frame, pending.expect_type, pending.slot,
-                                         pending.seq, engine.max_message_length) & 0xC0FF:
+            if raw and not _reply_code(frame, len(frame), pending.expect_type,
+                                       pending.slot, pending.seq,
+                                       engine.max_message_length) & 0xC0FF:
                 return frame  # status OK and bmCommandStatus 0
             try:
                 event = engine.receive(frame, pending)
@@ -1873,8 +1874,9 @@ class Reader:
         if transport is not None:
             # The per-block path of chunked exchanges: write, one read, one reply check.
             got = self._write_read(transport, frame, wait, left)
-            if type(got) is bytes and not _reply_header(
-                    got, 0x80, s.index, seq, self._engine.max_message_length) & 0xC0FF:
+            if type(got) is bytes and not _reply_code(
+                    got, len(got), 0x80, s.index, seq,
+                    self._engine.max_message_length) & 0xC0FF:
                 if _trace.enabled:
                     transport.trace_in(got)
                 return got

@@ -122,6 +122,24 @@ def test_check_reply_agrees(buf: bytes, expect_type: int, slot: int, seq: int, m
 
 @pytest.mark.parametrize("impl", [py] if _fast is None else [py, _fast])
 @AGREE
+@given(buf=_replies(), cut=st.integers(0, 40), expect_type=st.sampled_from([0x80, 0x81]),
+       slot=st.integers(0, 3), seq=st.integers(0, 255),
+       max_length=st.one_of(st.just(0), st.integers(0, 400)))
+def test_reply_code_is_reply_header_of_the_first_n_bytes(
+        impl: ModuleType, buf: bytes, cut: int, expect_type: int, slot: int, seq: int,
+        max_length: int) -> None:
+    """The per-frame form (length passed in, the bare C function under cffi) gives
+    reply_header's code, for the whole frame and for a prefix."""
+    buf = bytes(buf)
+    n = max(0, len(buf) - cut)
+    assert impl.reply_code(buf, len(buf), expect_type, slot, seq, max_length) == \
+        py.reply_header(buf, expect_type, slot, seq, max_length)
+    assert impl.reply_code(buf, n, expect_type, slot, seq, max_length) == \
+        py.reply_header(buf[:n], expect_type, slot, seq, max_length)
+
+
+@pytest.mark.parametrize("impl", [py] if _fast is None else [py, _fast])
+@AGREE
 @given(buf=_replies(), expect_type=st.sampled_from([0x80, 0x81]), slot=st.integers(0, 3),
        seq=st.integers(0, 255), max_length=st.one_of(st.just(0), st.integers(0, 400)))
 def test_reply_header_is_the_check_and_the_status_bytes(

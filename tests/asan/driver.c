@@ -270,7 +270,13 @@ static void chains(void)
     if (below(16) == 0)
         cap = below(cap); /* too small: refused, never overrun */
     out = malloc(cap ? cap : 1);
-    n = ccid_chain_first(&st, (int)below(256), cmd, cmd_len, out, cap);
+    st.cmd = cmd;
+    st.cmd_len = cmd_len;
+    st.resp = resp;
+    st.resp_cap = resp_cap;
+    st.out = out;
+    st.out_cap = cap;
+    n = ccid_chain_first(&st, (int)below(256));
     if (n > 0)
         CHECK((size_t)n <= cap &&
               ccid_check_reply(out, (size_t)n, 0x6F, st.slot, st.seq, 0) == CCID_OK);
@@ -279,8 +285,7 @@ static void chains(void)
         uint8_t *reply = chain_reply(&st, &len);
         size_t before = st.resp_len;
 
-        n = ccid_chain_step(&st, (int)below(256), reply, len, cmd, cmd_len, resp, resp_cap,
-                            out, cap);
+        n = ccid_chain_step(&st, (int)below(256), reply, len);
         CHECK(n >= CCID_CHAIN_OTHER);
         CHECK(st.resp_len <= resp_cap && st.resp_len >= before);
         CHECK(st.offset <= cmd_len && st.sent <= cmd_len - st.offset);
@@ -295,9 +300,8 @@ static void chains(void)
             n = 1; /* the caller's general code took the reply; go on */
         free(reply);
     }
-    CHECK(ccid_chain_step(NULL, 0, NULL, 0, NULL, 0, NULL, 0, NULL, 0) == CCID_E_RANGE);
-    CHECK(ccid_chain_step(&st, 300, NULL, 0, cmd, cmd_len, resp, resp_cap, out, cap) ==
-          CCID_E_RANGE);
+    CHECK(ccid_chain_step(NULL, 0, NULL, 0) == CCID_E_RANGE);
+    CHECK(ccid_chain_step(&st, 300, NULL, 0) == CCID_E_RANGE);
     free(out);
     free(resp);
     free(cmd);

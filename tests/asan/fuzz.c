@@ -62,10 +62,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         st.crc = op & 16;
         st.ifsd = 254;
         st.chunk = (size_t)(op >> 5) * 30 + 1;
-        k = ccid_chain_first(&st, op, cmd, (size_t)(op >> 3) * 20 + 1, out, cap);
+        st.cmd = cmd;
+        st.cmd_len = (size_t)(op >> 3) * 20 + 1;
+        st.resp = resp;
+        st.resp_cap = sizeof resp;
+        st.out = out;
+        st.out_cap = cap;
+        k = ccid_chain_first(&st, op);
         if (k >= 0)
-            (void)ccid_chain_step(&st, 1, copy, n, cmd, (size_t)(op >> 3) * 20 + 1, resp,
-                                  sizeof resp, out, cap);
+            (void)ccid_chain_step(&st, 1, copy, n);
         break;
     }
     default: {
