@@ -415,16 +415,23 @@ class Engine:
         """PC_to_RDR_GetSlotStatus."""
         return self.build(M.PC_to_RDR_GetSlotStatus, slot)
 
-    def xfr_block(self, slot: int, data: bytes, bwi: int = 0,
-                  level: int = LevelParameter.COMPLETE) -> Pending:
-        """PC_to_RDR_XfrBlock (bBWI, wLevelParameter); the per-APDU hot path."""
+    def xfr_frame(self, slot: int, data: bytes, bwi: int = 0,
+                  level: int = LevelParameter.COMPLETE) -> tuple[int, bytes]:
+        """PC_to_RDR_XfrBlock (bBWI, wLevelParameter) as (bSeq, frame): the reader's
+        per-block path, which makes a Pending only when it needs the general machinery."""
         limit = self.max_message_length
         if not 0 <= slot < self.slot_count or (limit and HEADER_SIZE + len(data) > limit):
-            return self.build(M.PC_to_RDR_XfrBlock, slot, bwi & 0xFF, level & 0xFF,
-                              (level >> 8) & 0xFF, data)  # raises the right UsageError
+            pending = self.build(M.PC_to_RDR_XfrBlock, slot, bwi & 0xFF, level & 0xFF,
+                                 (level >> 8) & 0xFF, data)  # raises the right UsageError
+            return pending.seq, pending.frame
         seq = next(self._counter) & 0xFF
-        frame = _build_frame_raw(0x6F, slot, seq, bwi & 0xFF, level & 0xFF,
-                                 (level >> 8) & 0xFF, data)
+        return seq, _build_frame_raw(0x6F, slot, seq, bwi & 0xFF, level & 0xFF,
+                                     (level >> 8) & 0xFF, data)
+
+    def xfr_block(self, slot: int, data: bytes, bwi: int = 0,
+                  level: int = LevelParameter.COMPLETE) -> Pending:
+        """PC_to_RDR_XfrBlock (bBWI, wLevelParameter)."""
+        seq, frame = self.xfr_frame(slot, data, bwi, level)
         return Pending(0x6F, slot, seq, 0x80, frame)
 
     def get_parameters(self, slot: int) -> Pending:

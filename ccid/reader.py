@@ -78,7 +78,6 @@ from ccid.errors import (
     UsageError,
 )
 from ccid.framing import CHAIN_EXTENDED, CHAIN_T1, Chain
-from ccid.framing import build_frame_raw as _build_frame
 from ccid.framing import reply_code as _reply_code
 from ccid.protocol.atr import ATR, parse_atr
 from ccid.protocol.params import (
@@ -123,7 +122,6 @@ _SHORT_APDU = ExchangeLevel.SHORT_APDU
 _EXTENDED_APDU = ExchangeLevel.EXTENDED_APDU
 _CHARACTER = ExchangeLevel.CHARACTER
 _CHAIN_COMPLETE = int(ChainParameter.COMPLETE)
-_CHAIN_CONTINUE = int(ChainParameter.CONTINUE_REQUESTED)
 _CONTINUE_RESPONSE = int(LevelParameter.CONTINUE_RESPONSE)
 
 Mode = Literal["shared", "exclusive", "direct"]
@@ -1851,14 +1849,8 @@ class Reader:
         """One XfrBlock; returns its successful DataBlock whole (bChainParameter at [9],
         abData from [10]): no Reply object on the per-block path. ``held``: the caller
         holds the reader (:meth:`_hold`)."""
-        engine = self._engine
-        limit = engine.max_message_length
-        if not 0 <= s.index < engine.slot_count or (limit and HEADER_SIZE + len(data) > limit):
-            engine.xfr_block(s.index, data, bwi, level)  # raises the right UsageError
-        seq = engine.next_seq()
-        return self._exchange(s, seq, _build_frame(0x6F, s.index, seq, bwi & 0xFF, level & 0xFF,
-                                                   (level >> 8) & 0xFF, data),
-                              deadline, bwi, held)
+        seq, frame = self._engine.xfr_frame(s.index, data, bwi, level)
+        return self._exchange(s, seq, frame, deadline, bwi, held)
 
     def _exchange(self, s: _Slot, seq: int, frame: bytes, deadline: float, bwi: int,
                   held: bool) -> bytes:
