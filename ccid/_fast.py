@@ -19,11 +19,34 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
+from functools import partial
 from operator import itemgetter
 from typing import Any
 
+from ccid import _fast_cffi
 from ccid import _framing_py as _py
 from ccid._fast_cffi import ffi, lib  # ImportError when not built: framing falls back
+
+
+def _load_fastcall() -> Any:
+    """``ccid._fastcall``: the second module init of the same shared object (see
+    ``ccid/_fastcall.c``). A shared object from an older build lacks it: ImportError, and
+    ``ccid.framing`` falls back to the twin as for a missing build."""
+    import importlib.machinery
+    import importlib.util
+
+    name = "ccid._fastcall"
+    path: str = getattr(_fast_cffi, "__file__", None) or ""
+    loader = importlib.machinery.ExtensionFileLoader(name, path)
+    spec = importlib.util.spec_from_file_location(name, path, loader=loader)
+    if spec is None:  # pragma: no cover - a file path always gives a spec
+        raise ImportError(name)
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
+_fastcall = _load_fastcall()
 
 __all__ = [
     "CHAIN_EXTENDED",
@@ -232,8 +255,6 @@ def join_chained(parts: list[tuple[int, bytes]]) -> tuple[int, bytes]:
 CHAIN_EXTENDED = _py.CHAIN_EXTENDED
 CHAIN_T1 = _py.CHAIN_T1
 _chain_first: Callable[..., int] = lib.ccid_chain_first
-_chain_step: Callable[..., int] = lib.ccid_chain_step
-_CHAIN_OTHER = -4
 # room for the largest frame either mode builds: a piece of ``chunk`` bytes or a T=1 block
 _T1_FRAME = 10 + 3 + 254 + 2
 
@@ -242,10 +263,10 @@ class Chain:
     """``_framing_py.Chain`` over ``ccid_chain_first`` / ``ccid_chain_step``: one C call
     per reply checks the frame (and the T=1 block), moves the state and builds the next
     frame. Same arguments, results and errors as the twin. The buffers (response, next
-    frame) are made once and live in the C state with the command's pointer, so a step
-    passes four arguments and its frame comes back through ``ffi.unpack`` (one copy)."""
+    frame) are made once and live in the C state with the command's pointer; ``step`` is
+    ``ccid._fastcall.step`` bound to that state (a vectorcall, no Python frame)."""
 
-    __slots__ = ("_cmd", "_out", "_resp", "_st", "resp_cap")
+    __slots__ = ("_keep", "_out", "_resp", "_st", "resp_cap", "step")
 
     def __init__(self, mode: int, *, chunk: int, slot: int = 0, max_length: int = 0,
                  nad: int = 0, crc: bool = False, ifsd: int = 254,
@@ -260,8 +281,13 @@ class Chain:
         self._out = _alloc("char[]", st.out_cap)
         st.resp = ffi.cast("uint8_t *", self._resp)
         st.out = ffi.cast("uint8_t *", self._out)
-        self._cmd: Any = None  # the command's cffi view: keeps it alive while C reads it
         self._st = st
+        # Everything the C state points to, held by the capsule too: a step bound here
+        # stays safe even if it outlives this object. [3] is the command's cffi view.
+        self._keep: list[Any] = [st, self._resp, self._out, None]
+        capsule = _fastcall.wrap(int(ffi.cast("uintptr_t", st)), self._keep)
+        #: step(seq, reply) -> next frame, b"" when complete, None: not the expected reply
+        self.step: Callable[[int, bytes], bytes | None] = partial(_fastcall.step, capsule)
 
     # The state's fields, read from the struct (properties: a __getattr__ fallback would
     # pay for a failed lookup first).
@@ -299,6 +325,7 @@ class Chain:
                 st.chunk = chunk
             if ifsd:
                 st.ifsd = ifsd
+            self._keep[3] = view
             st.cmd, st.cmd_len = view, len(cmd)
             n = _chain_first(st, seq)
         except (TypeError, OverflowError):
@@ -306,22 +333,4 @@ class Chain:
         if n < 0:  # a refused start leaves the chain to be started again
             _py._check_first_args(st.mode, seq, ns, nr, chunk, ifsd)
             raise ValueError(f"chain refused the exchange (code {n})")
-        self._cmd = view
         return _unpack(self._out, n)  # type: ignore[no-any-return]
-
-    def step(self, seq: int, reply: bytes) -> bytes | None:
-        """Next frame (bSeq ``seq``), ``b""`` when complete, None: not the expected reply."""
-        try:
-            n = _chain_step(self._st, seq, reply, len(reply))
-        except (TypeError, OverflowError):
-            _py._check_seq(seq)
-            reply = _py._as_reply(reply)
-            n = _chain_step(self._st, seq, reply, len(reply))
-        if n > 0:
-            return _unpack(self._out, n)  # type: ignore[no-any-return]
-        if n == 0:
-            return b""
-        if n == _CHAIN_OTHER:
-            return None
-        _py._check_seq(seq)  # the only argument C can still refuse
-        raise ValueError(f"chain state refused (code {n})")  # pragma: no cover

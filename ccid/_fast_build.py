@@ -2,7 +2,9 @@
 
 setup.py runs it through ``cffi_modules``; ``python ccid/_fast_build.py`` builds in place.
 The C source is ``ccid/_fast.c`` (one translation unit, so the compiler may inline across
-functions); its declarations live in ``ccid/_fast.h``.
+functions); its declarations live in ``ccid/_fast.h``. ``ccid/_fastcall.c`` adds a second
+module init to the same shared object: ``ccid._fastcall``, the chain step behind CPython's
+vectorcall convention (see ``ccid/_fast.py``).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ ffibuilder.cdef(CDEF)
 # wrappers keep it. No function calls back into Python or blocks.
 PREAMBLE = """
 #include "_fast.c"
+#include "_fastcall.c"
 #undef Py_BEGIN_ALLOW_THREADS
 #undef Py_END_ALLOW_THREADS
 #define Py_BEGIN_ALLOW_THREADS {
@@ -46,8 +49,11 @@ ffibuilder.set_source(
     "ccid._fast_cffi",
     PREAMBLE,
     include_dirs=[str(HERE)],
-    depends=[str(HERE / "_fast.c"), str(HERE / "_fast.h")],
+    depends=[str(HERE / "_fast.c"), str(HERE / "_fast.h"), str(HERE / "_fastcall.c")],
     extra_compile_args=[] if sys.platform == "win32" else ["-O2"],
+    # _fastcall.c uses METH_FASTCALL and the buffer protocol: the full C API, so the
+    # module is built per Python version (it is built at install time anyway).
+    py_limited_api=False,
 )
 
 if __name__ == "__main__":

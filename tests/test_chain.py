@@ -293,3 +293,25 @@ def test_t1_agrees_with_the_state_machine_or_hands_back(
             break
         assert outs[0][10:] == expected
         assert (c.ns, c.nr) == (ref.ns, ref.nr)
+
+
+@pytest.mark.skipif(_fast is None, reason="ccid._fast_cffi not built")
+def test_bound_step_outlives_its_chain_and_refuses_foreign_objects() -> None:
+    """The vectorcall step keeps the C state and its buffers alive (the capsule owns
+    them), and refuses anything that is not a chain capsule."""
+    import gc
+
+    assert _fast is not None
+    chain = _fast.Chain(_fast.CHAIN_EXTENDED, chunk=261)
+    chain.first(3, bytes(600))
+    step = chain.step
+    del chain
+    gc.collect()
+    for _ in range(50):  # churn the allocator where the chain's memory was
+        _fast.Chain(_fast.CHAIN_T1, chunk=32).first(0, bytes(100))
+    frame = step(4, data_block(3, chain=0x10))
+    assert frame is not None and frame[6] == 4 and frame[8] == 0x03 and len(frame) == 271
+    with pytest.raises((TypeError, ValueError)):
+        _fast._fastcall.step(object(), 1, data_block(3))
+    with pytest.raises(TypeError):
+        _fast._fastcall.step(1, 2)
