@@ -43,6 +43,8 @@ def _load_fastcall() -> Any:
         raise ImportError(name)
     module = importlib.util.module_from_spec(spec)
     loader.exec_module(module)
+    if not all(hasattr(module, n) for n in ("wrap", "step", "reply_code")):
+        raise ImportError(f"{path} is from an older build of ccid/_fastcall.c")
     return module
 
 
@@ -77,9 +79,9 @@ _second = itemgetter(1)
 
 _check_reply: Callable[..., int] = lib.ccid_check_reply
 #: (buf: bytes, n = len(buf), expect_type, slot, seq, max_length) -> reply_header's code:
-#: the C function itself, no Python frame in between (the engine and the reader call it
-#: once per received frame, always with ``bytes`` they read).
-reply_code: Callable[..., int] = lib.ccid_reply_header
+#: ``ccid_reply_header`` behind a vectorcall (``ccid/_fastcall.c``), no Python frame in
+#: between (the engine and the reader call it once per received frame, with ``bytes``).
+reply_code: Callable[..., int] = _fastcall.reply_code
 _reply_header: Callable[..., int] = lib.ccid_reply_header
 _frame_size: Callable[..., int] = lib.ccid_frame_size
 _lrc: Callable[..., int] = lib.ccid_lrc

@@ -4,7 +4,8 @@
  * in its preamble) and loaded from it under a second module name by ccid/_fast.py. Why:
  * a cffi call costs ~0.2 us before any C runs, as much as a whole step of a chained
  * exchange; a METH_FASTCALL function taking the chain, bSeq and the reply costs a third of
- * that and returns the next frame as bytes itself.
+ * that and returns the next frame as bytes itself. The per-frame reply check goes the same
+ * way (reply_code).
  *
  * The chain state is the cffi-allocated ccid_chain. It reaches this module once, as an
  * address inside a capsule (wrap), together with an owner object that keeps the state and
@@ -102,7 +103,45 @@ static PyObject *fastcall_step(PyObject *module, PyObject *const *args, Py_ssize
     return NULL;
 }
 
+/* reply_code(buf, n, expect_type, slot, seq, max_length) -> ccid_reply_header of the first
+ * n bytes of ``buf`` (bytes). The engine and the reader call it once per received frame. */
+static PyObject *fastcall_reply_code(PyObject *module, PyObject *const *args,
+                                     Py_ssize_t nargs)
+{
+    long long v[4];
+    Py_ssize_t n;
+    int i;
+
+    (void)module;
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError,
+                        "reply_code(buf, n, expect_type, slot, seq, max_length)");
+        return NULL;
+    }
+    if (!PyBytes_Check(args[0])) {
+        PyErr_Format(PyExc_TypeError, "reply_code takes bytes, not %s",
+                     Py_TYPE(args[0])->tp_name);
+        return NULL;
+    }
+    n = PyLong_AsSsize_t(args[1]);
+    if (n == -1 && PyErr_Occurred())
+        return NULL;
+    if (n < 0 || n > PyBytes_GET_SIZE(args[0])) {
+        PyErr_SetString(PyExc_ValueError, "n must be 0..len(buf)");
+        return NULL;
+    }
+    for (i = 0; i < 4; i++) {
+        v[i] = PyLong_AsLongLong(args[2 + i]);
+        if (v[i] == -1 && PyErr_Occurred())
+            return NULL; /* TypeError, or OverflowError past 64 bits (as through cffi) */
+    }
+    return PyLong_FromLongLong(ccid_reply_header((const uint8_t *)PyBytes_AS_STRING(args[0]),
+                                                 (size_t)n, v[0], v[1], v[2], v[3]));
+}
+
 static PyMethodDef fastcall_methods[] = {
+    {"reply_code", (PyCFunction)(void (*)(void))fastcall_reply_code, METH_FASTCALL,
+     "reply_code(buf, n, expect_type, slot, seq, max_length): ccid_reply_header."},
     {"wrap", (PyCFunction)(void (*)(void))fastcall_wrap, METH_FASTCALL,
      "wrap(address, owner): the ccid_chain at address, kept alive by owner."},
     {"step", (PyCFunction)(void (*)(void))fastcall_step, METH_FASTCALL,
