@@ -169,6 +169,27 @@ def _data_block(seq: int, data: bytes = b"", chain: int = 0) -> bytes:
     return twin.build_frame(0x80, 0, seq, 0, 0, chain, data)
 
 
+def _exchange(mode_name: str, chunk: int, crc: bool, apdu: bytes, answer: bytes,
+              replies: list[bytes]) -> dict[str, Callable[[], Any]]:
+    """One whole exchange per call, for each implementation of ``Chain``."""
+
+    def with_impl(m: Any) -> Callable[[], Any]:
+        chain = m.Chain(getattr(m, mode_name), chunk=chunk, crc=crc)
+
+        def run() -> None:
+            chain.first(7, apdu)
+            step = chain.step
+            for reply in replies:
+                step(7, reply)
+            if chain.response() != answer:
+                raise AssertionError("response not rebuilt")
+        return run
+    impls = {"python": with_impl(twin)}
+    if fast is not None:
+        impls["cffi"] = with_impl(fast)
+    return impls
+
+
 def chain_cases() -> dict[str, dict[str, Callable[[], Any]]]:
     """Whole exchanges as the reader drives them (``framing.Chain``): every reply checked
     and every next frame built by one call. The replies are made beforehand (constant
@@ -183,44 +204,13 @@ def chain_cases() -> dict[str, dict[str, Callable[[], Any]]]:
         flags = [0x00] if len(parts) == 1 else \
             [0x01] + [0x03] * (len(parts) - 2) + [0x02]
         replies = acks + [_data_block(7, p, f) for p, f in zip(parts, flags)]
-
-        def with_chain(m: Any, chunk: int = chunk, replies: list[bytes] = replies
-                       ) -> Callable[[], Any]:
-            chain = m.Chain(m.CHAIN_EXTENDED, chunk=chunk)
-
-            def run() -> None:
-                chain.first(7, apdu)
-                step = chain.step
-                for reply in replies:
-                    step(7, reply)
-                if chain.response() != answer:
-                    raise AssertionError("response not rebuilt")
-            return run
-        impls = {"python": with_chain(twin)}
-        if fast is not None:
-            impls["cffi"] = with_chain(fast)
         cases[f"extended APDU exchange (Chain: split into frames + join the response), "
-              f"65,535 bytes each way, chunk {chunk:,}"] = impls
+              f"65,535 bytes each way, chunk {chunk:,}"] = _exchange(
+                  "CHAIN_EXTENDED", chunk, False, apdu, answer, replies)
     for crc in (False, True):
-        replies = _t1_replies(apdu, answer, crc)
-
-        def with_t1(m: Any, crc: bool = crc, replies: list[bytes] = replies
-                    ) -> Callable[[], Any]:
-            chain = m.Chain(m.CHAIN_T1, chunk=254, crc=crc)
-
-            def run() -> None:
-                chain.first(7, apdu)
-                step = chain.step
-                for reply in replies:
-                    step(7, reply)
-                if chain.response() != answer:
-                    raise AssertionError("response not rebuilt")
-            return run
-        impls = {"python": with_t1(twin)}
-        if fast is not None:
-            impls["cffi"] = with_t1(fast)
         cases[f"T=1 exchange (Chain), 65,535 bytes each way, IFSC/IFSD 254, "
-              f"{'CRC' if crc else 'LRC'}"] = impls
+              f"{'CRC' if crc else 'LRC'}"] = _exchange(
+                  "CHAIN_T1", 254, crc, apdu, answer, _t1_replies(apdu, answer, crc))
     return cases
 
 
