@@ -208,3 +208,64 @@ def test_claimed_interface_released_after_unplug_and_replug() -> None:
     backend.plug(device)
     with ccid.open_reader(backend=backend, events=False) as again, again.connect() as card:
         assert card.transmit(bytes.fromhex("00A4000C023F00")) == b"\x90\x00"
+
+
+MARK = b"\xa5\x5a\xc3\x3c"
+
+
+def _chained_echo(reader: ccid.Reader, piece: int) -> tuple[bytes, bytes]:
+    """A 3,000-byte ECHO at extended-APDU level whose command piece number ``piece``
+    (0-based) starts with MARK, so a fault can aim at the middle of the chain."""
+    room = reader._engine.max_message_length - 10
+    data = bytearray((i * 7) & 0xFF for i in range(3000))
+    at = piece * room - 7  # the APDU's 7-byte header comes first
+    data[at : at + len(MARK)] = MARK
+    apdu = bytes([0x80, 0x10, 0, 0, 0]) + len(data).to_bytes(2, "big") + bytes(data) + b"\0\0"
+    assert len(apdu) > 3 * room
+    return apdu, bytes(data) + b"\x90\x00"
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        F.TimeExtension(commands=XFR, prefix=MARK, times=3, multiplier=2, interval=0.02),
+        F.StaleFrame(commands=XFR, prefix=MARK),
+        F.Stall(commands=XFR, prefix=MARK, endpoint="in"),
+        F.Stall(commands=XFR, prefix=MARK, endpoint="out"),
+        F.SlowCard(commands=XFR, prefix=MARK, delay=0.2),
+    ],
+    ids=lambda f: type(f).__name__ + getattr(f, "endpoint", ""),
+)
+def test_recoverable_faults_in_the_middle_of_a_chained_apdu(fault: F.Fault) -> None:
+    """The chain (one C call per reply) hands the odd reply to the general code, which
+    deals with it, and the chain goes on from where it was."""
+    vr, reader, card = session()
+    with reader:
+        apdu, expected = _chained_echo(reader, 2)
+        vr.inject(fault)
+        assert card.transmit(apdu, timeout=5) == expected
+        assert not vr.has_fault(type(fault))  # it did hit a piece in the middle
+        assert card.transmit(apdu) == expected
+
+
+@pytest.mark.parametrize(
+    ("fault", "error"),
+    [
+        (F.WrongSlot(commands=XFR, prefix=MARK), ProtocolError),
+        (F.Truncate(commands=XFR, prefix=MARK), ProtocolError),
+        (F.NoAnswer(commands=XFR, prefix=MARK), ReaderTimeoutError),
+    ],
+    ids=lambda v: type(v).__name__ if isinstance(v, F.Fault) else None,
+)
+def test_faults_in_the_middle_of_a_chained_apdu_give_their_error(fault: F.Fault,
+                                                                 error: type) -> None:
+    vr, reader, card = session()
+    with reader:
+        apdu, expected = _chained_echo(reader, 2)
+        vr.inject(fault)
+        with pytest.raises(error) as info:
+            card.transmit(apdu, timeout=1.0)
+        assert info.value.reader == reader.name
+        vr.clear_faults()
+        assert card.transmit(apdu) == expected
+        assert card.transmit(APDU) == ANSWER
