@@ -16,8 +16,6 @@ Run: ``python benchmarks/bench_framing.py`` (``--quick`` for a smoke run).
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import time
 from collections.abc import Callable
@@ -25,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from _common import machine
 
 from ccid import _framing_py as twin
 
@@ -228,19 +228,6 @@ def _t1_replies(apdu: bytes, answer: bytes, crc: bool) -> list[bytes]:
                                           answer[start : start + 254], crc))
         card_ns ^= 1
     return [_data_block(7, block) for block in blocks]
-
-
-def machine() -> str:
-    model = "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        model = platform.processor() or "?"
-    return (f"{os.cpu_count()} CPUs ({model}), Python {platform.python_version()} "
-            f"({platform.python_implementation()}), {platform.system()} {platform.machine()}")
 
 
 def main() -> int:

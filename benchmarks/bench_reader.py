@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import array
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -38,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 import usb.core  # noqa: E402
 import usb.util  # noqa: E402
+from _common import bulk_endpoints, machine  # noqa: E402
 
 import ccid  # noqa: E402
 from ccid import framing  # noqa: E402
@@ -50,13 +50,7 @@ cpu = time.process_time
 
 
 def _endpoints(backend: Any) -> tuple[Any, Any, Any, int]:
-    dev = usb.core.find(backend=backend)
-    dev.set_configuration()
-    intf = dev.get_active_configuration()[(0, 0)]
-    usb.util.claim_interface(dev, intf.bInterfaceNumber)
-    eps = list(intf)
-    out = next(e for e in eps if not e.bEndpointAddress & 0x80)
-    inp = next(e for e in eps if e.bEndpointAddress & 0x80 and e.bmAttributes == 2)
+    dev, out, inp = bulk_endpoints(backend)
     reader = backend.readers[0]
     bufsize = -(-(max(reader.max_message, 271) + 10) // 64) * 64  # as the transport reads
     return dev, out, inp, bufsize
@@ -215,20 +209,6 @@ def throughput(name: str, rounds: int, options: dict[str, Any]
 # --- main --------------------------------------------------------------------------------
 
 
-def machine() -> str:
-    model = "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"nproc {os.cpu_count()}, CPU {model}, Python {platform.python_version()} "
-            f"({platform.python_implementation()}) on {platform.system()} "
-            f"{platform.machine()}, framing backend {framing.BACKEND}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--batches", type=int, default=40,
@@ -237,7 +217,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=20,
                         help="64 KB APDUs per path (best kept)")
     args = parser.parse_args()
-    print(machine())
+    print(f"{machine()}, framing backend {framing.BACKEND}")
     print(f"load average at start: {os.getloadavg()[0]:.2f}")
 
     print(f"\nPer-APDU CPU time, 3-byte ECHO at APDU level (best batch of {args.batch} "

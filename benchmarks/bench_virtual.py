@@ -19,8 +19,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import usb.core  # noqa: E402
 import usb.util  # noqa: E402
+from _common import bulk_endpoints  # noqa: E402
 
 from ccid.framing import build_frame  # noqa: E402
 from ccid.testing.presets import preset  # noqa: E402
@@ -33,13 +33,7 @@ def run(name: str, payload: bytes, seconds: float) -> tuple[float, float, int]:
     machine may be shared), the rate is over the whole run (wall clock).
     """
     backend = preset(name)
-    dev = usb.core.find(backend=backend)
-    dev.set_configuration()
-    intf = dev.get_active_configuration()[(0, 0)]
-    usb.util.claim_interface(dev, intf.bInterfaceNumber)
-    eps = list(intf)
-    out = next(e for e in eps if not e.bEndpointAddress & 0x80)
-    inp = next(e for e in eps if e.bEndpointAddress & 0x80 and e.bmAttributes == 2)
+    dev, out, inp = bulk_endpoints(backend)
     # a driver reads with a buffer of dwMaxCCIDMessageLength, whole packets
     bufsize = -(-backend.readers[0].max_message // 64) * 64
     auto_voltage = backend.readers[0].descriptor.dwFeatures & 0x08
