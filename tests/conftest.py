@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -62,3 +65,31 @@ def drain(reader: Any, quiet: float = 0.2) -> list[Any]:
     while (event := reader.wait_for_event(quiet)) is not None:
         out.append(event)
     return out
+
+
+def in_child(body: Callable[[], int], seconds: int = 20) -> int:
+    """Run ``body`` in a forked child; its exit status. A hang ends the child by SIGALRM;
+    one stuck for good (SIGALRM handled, then a second deadlock) is killed: -SIGKILL."""
+    pid = os.fork()
+    if pid == 0:  # the child: never return into pytest
+        code = 99
+        try:
+            signal.alarm(seconds)
+            code = body()
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
+            code = 98
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + seconds + 10
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            return -signal.SIGKILL
+        time.sleep(0.02)

@@ -13,12 +13,11 @@ copy and the other way round. A real USB device is shared by both processes.
 from __future__ import annotations
 
 import os
-import signal
-import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+from conftest import in_child
 
 import ccid
 from ccid.errors import CCIDError, SharingViolationError, UsageError
@@ -31,34 +30,6 @@ pytestmark = [
 
 ECHO = bytes.fromhex("8010000003010203")
 ECHO_ANSWER = bytes.fromhex("0102039000")
-CHILD_TIMEOUT = 20
-
-
-def in_child(body: Callable[[], int]) -> int:
-    """Run ``body`` in a forked child; return its exit status (killed after a timeout)."""
-    pid = os.fork()
-    if pid == 0:  # the child: never return into pytest
-        code = 99
-        try:
-            signal.alarm(CHILD_TIMEOUT)  # a hang in the child ends it, not the suite
-            code = body()
-        except BaseException:
-            import traceback
-
-            traceback.print_exc()
-            code = 98
-        finally:
-            os._exit(code)
-    deadline = time.monotonic() + CHILD_TIMEOUT + 5
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            pytest.fail("the child hung")
-        time.sleep(0.02)
 
 
 def open_reader(backend: Any) -> ccid.Reader:

@@ -16,7 +16,6 @@ import errno
 import functools
 import math
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -27,7 +26,7 @@ from typing import Any
 
 import pytest
 import usb.core
-from conftest import drain
+from conftest import drain, in_child
 from conftest import next_event as _next_event
 
 import ccid
@@ -290,33 +289,6 @@ def test_two_backends_with_the_same_usb_path_open_side_by_side() -> None:
 
 
 # --- 4. fork: locks held by parent threads ---------------------------------------------
-
-
-def in_child(body: Callable[[], int], seconds: int = 20) -> int:
-    """Run ``body`` in a forked child; its exit status (a hang ends it by SIGALRM)."""
-    pid = os.fork()
-    if pid == 0:  # the child: never return into pytest
-        code = 99
-        try:
-            signal.alarm(seconds)
-            code = body()
-        except BaseException:
-            import traceback
-
-            traceback.print_exc()
-            code = 98
-        finally:
-            os._exit(code)
-    deadline = time.monotonic() + seconds + 10
-    while True:  # a child stuck for good (SIGALRM handled, then a second deadlock) is killed
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            return -signal.SIGKILL
-        time.sleep(0.02)
 
 
 def hold_during_fork(lock: Any, body: Callable[[], int]) -> int:
