@@ -485,3 +485,100 @@ def test_receive_fuzz(blocks: list[bytes], chained: bool) -> None:
             return
         assert isinstance(event, SendBlock)
         check_t1_block(event.block, False)
+
+
+# --- bounded S-block exchanges, clean failure, resend after IFSC change ---------------
+
+IFS_REQ_10 = build_t1_block(0, 0xC1, b"\x0a", False)
+
+
+def test_card_asking_ifs_forever_is_stopped_by_the_protocol() -> None:
+    host = T1Protocol()
+    host.start(h("00 A4 04 00 01 AA 00"))
+    with pytest.raises(T1Error, match="S\\(IFS request\\)") as info:
+        for _ in range(1000):
+            host.receive(IFS_REQ_10)
+    assert not isinstance(info.value, UsageError)
+    assert isinstance(info.value, ProtocolError)
+    assert host.state is T1State.IDLE
+    # the same object runs the next exchange to its end
+    resp, _, _ = run(host, CardPeer(), host.start(h("00 A4 04 00 02 AA BB 00")))
+    assert resp == h("BB AA 90 00")
+
+
+def test_ifs_requests_between_progress_are_fine() -> None:
+    # one S(IFS request) per block the host sends: the exchange moves on in between
+    host, card = T1Protocol(ifsc=8), CardPeer(ifsc=8)
+    for n in range(2, 24, 2):  # host blocks: I, S(IFS response), I, ...
+        card.inject[n] = [card.block(0xC1, bytes([8]))]
+    data = bytes(range(60))
+    resp, _, _ = run(host, card, host.start(extended_apdu(data)))
+    assert resp == data[::-1] + h("90 00")
+
+
+S_AND_R = st.sampled_from([
+    IFS_REQ_10,
+    build_t1_block(0, 0xC1, b"\x01", False),  # S(IFS request 1)
+    build_t1_block(0, 0xC3, b"\x01", False),  # S(WTX request)
+    build_t1_block(0, 0x80, b"", False),  # R(0)
+    build_t1_block(0, 0x90, b"", False),  # R(1)
+    build_t1_block(0, 0x81, b"", False),  # R(0) EDC error
+    build_t1_block(0, 0xE1, b"\x0a", False),  # unsolicited S(IFS response)
+    build_t1_block(0, 0xE0, b"", False),  # unsolicited S(RESYNCH response)
+    b"\x00\x00",  # garbage
+])
+
+
+@settings(max_examples=150)
+@given(st.lists(S_AND_R, min_size=1, max_size=6), st.booleans(), st.integers(1, 300))
+def test_a_card_repeating_any_blocks_forever_is_stopped(
+        pattern: list[bytes], timeouts: bool, size: int) -> None:
+    """Any cycle of non-I blocks (and timeouts) ends in T1Error within a bound, leaving
+    the protocol idle and able to start again."""
+    host = T1Protocol(ifsc=16)
+    host.start(extended_apdu(bytes(size)))
+    blocks = 0
+    with pytest.raises(T1Error):
+        while blocks < 20_000:
+            for block in pattern:
+                blocks += 1
+                if timeouts and blocks % 3 == 0:
+                    host.timeout_error()
+                else:
+                    host.receive(block)
+    assert host.state is T1State.IDLE
+    first = host.start(h("00 A4 04 00 01 AA 00"))
+    check_t1_block(first, False)
+
+
+def test_resend_after_card_lowers_ifsc_fits_the_new_ifsc() -> None:
+    host = T1Protocol(ifsc=32)
+    data = bytes(range(100))
+    first = host.start(extended_apdu(data))
+    assert first[2] == 32
+    answer = host.receive(IFS_REQ_10)
+    assert isinstance(answer, SendBlock) and answer.block == build_t1_block(0, 0xE1, b"\x0a",
+                                                                            False)
+    # the card NAKs the pending I-block (R(N(R)=0): it still expects N(S)=0)
+    resent = host.receive(build_t1_block(0, 0x82, b"", False))
+    assert isinstance(resent, SendBlock)
+    _nad, pcb, inf = check_t1_block(resent.block, False)
+    assert pcb == 0x20 and inf == extended_apdu(data)[:10]  # N(S)=0, M=1, 10 bytes
+
+
+def test_resend_after_ifsc_change_completes_against_the_card() -> None:
+    host, card = T1Protocol(ifsc=32), CardPeer(ifsc=32)
+    data = bytes(range(100))
+    first = host.start(extended_apdu(data))
+    # the card lowers its IFSC, then asks again for the pending block: it must get one
+    # that fits (the peer asserts INF <= its IFSC)
+    answer = host.receive(IFS_REQ_10)
+    assert isinstance(answer, SendBlock)
+    card.ifsc = 10
+    card.last = build_t1_block(0, 0x80, b"", False)
+    resent = host.receive(build_t1_block(0, 0x80, b"", False))  # R(0): send N(S)=0 again
+    assert isinstance(resent, SendBlock)
+    del first
+    resp, _, _ = run(host, card, resent.block)
+    assert resp == data[::-1] + h("90 00")
+    assert card.commands == [extended_apdu(data)]

@@ -10,6 +10,9 @@ is an invalid block and goes through error recovery (ISO/IEC 7816-3 11.6.3 rules
 an R-block naming the block we expect, up to ``max_retries`` times, then S(RESYNCH
 request) up to ``max_retries`` times, then ``T1Error``. After a successful
 resynchronisation in the middle of an APDU the APDU is sent again from its start (once).
+Card S-requests are bounded too: ``MAX_WTX`` time extensions per exchange and
+``MAX_IFS_REQUESTS`` S(IFS request)s in a row. Every failure raises ``T1Error`` and leaves
+the protocol idle, ready for the next exchange.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ _build_raw = framing._build_t1
 _T1_EDC = int(T1Status.EDC)
 
 __all__ = [
+    "MAX_IFS_REQUESTS",
     "TRANSITIONS",
     "BlockKind",
     "Complete",
@@ -60,6 +64,9 @@ MAX_RESPONSE: Final = 65_538
 MAX_WTX: Final = 1024
 #: Resynchronisations (each of up to max_retries S(RESYNCH) attempts) in one exchange.
 MAX_RESYNCS: Final = 1
+#: S(IFS request)s from the card in a row without the exchange moving on: a card that
+#: keeps asking would otherwise hold the slot forever (each answer is a valid block).
+MAX_IFS_REQUESTS: Final = 3
 
 
 class T1Error(ProtocolError):
@@ -248,6 +255,7 @@ class T1Protocol:
         self._resync_attempts = 0
         self._resyncs = 0
         self._wtx_count = 0
+        self._ifs_requests = 0  # card S(IFS request)s since the exchange last moved on
         self._after_resync = T1State.IDLE  # what a resync restarts
         self._handlers: dict[_Action, Callable[[bytes], T1Event | _Step]] = {
             _Action.NEXT_CHUNK: self._next_chunk,
@@ -273,6 +281,7 @@ class T1Protocol:
         self._apdu = apdu
         self._resyncs = 0
         self._wtx_count = 0
+        self._ifs_requests = 0
         return self._begin_apdu()
 
     def ifs_request(self, ifsd: int) -> bytes:
@@ -352,10 +361,7 @@ class T1Protocol:
         self.state = T1State.IDLE
         self.ns = self.nr = 0
         self.ifsc = self._initial_ifsc
-        self._response.clear()
-        self._apdu = b""
-        self._reset_retries()
-        self._resyncs = 0
+        self._clear()
 
     # --- building ------------------------------------------------------------------
 
@@ -370,6 +376,22 @@ class T1Protocol:
     def _r_block(self, code: int = 0) -> bytes:
         """R-block acknowledging the card's next I-block; ``code``: an RError bit."""
         return self._build(R_BLOCK | (self.nr << 4) | code)
+
+    def _clear(self) -> None:
+        """Drop the exchange in progress: IDLE, nothing pending, counters at zero."""
+        self.state = T1State.IDLE
+        self._response.clear()
+        self._apdu = self._chunk = self._last_s = b""
+        self._offset = 0
+        self._more = False
+        self._reset_retries()
+        self._resyncs = self._wtx_count = self._ifs_requests = 0
+        self._after_resync = T1State.IDLE
+
+    def _fail(self, message: str) -> T1Error:
+        """End the exchange (the object stays usable) and give the error to raise."""
+        self._clear()
+        return T1Error(message)
 
     def _require_idle(self, what: str) -> None:
         if self.state is not T1State.IDLE:
@@ -394,13 +416,15 @@ class T1Protocol:
     # --- actions -------------------------------------------------------------------
 
     def _next_chunk(self, _inf: bytes) -> _Step:
-        self._retries = self._resync_attempts = 0
+        self._retries = self._resync_attempts = self._ifs_requests = 0
         self._offset += len(self._chunk)
         self.ns ^= 1
         return self._send_chunk(), 0, b""
 
     def _resend_i(self, _inf: bytes) -> T1Event:
-        return SendBlock(self._count_retry() or self._i_block())
+        # Cut again from the pending offset: the card may have changed IFSC since the
+        # block was first sent, and the resent block must fit the current one.
+        return SendBlock(self._count_retry() or self._send_chunk())
 
     def _resend_r(self, _inf: bytes) -> T1Event:
         return SendBlock(self._count_retry() or self._r_block())
@@ -409,10 +433,10 @@ class T1Protocol:
         if self.state is _AWAITING:
             self.ns ^= 1  # the card's I-block acknowledges our last one
         self._reset_retries()
+        self._ifs_requests = 0
         self.nr ^= 1
         if len(self._response) + len(inf) > MAX_RESPONSE:
-            self.state = T1State.IDLE
-            raise T1Error(f"card response exceeds {MAX_RESPONSE} bytes")
+            raise self._fail(f"card response exceeds {MAX_RESPONSE} bytes")
         self._response += inf
 
     def _receive_more(self, inf: bytes) -> _Step:
@@ -428,26 +452,27 @@ class T1Protocol:
         return None, 0, response
 
     def _answer_ifs(self, inf: bytes) -> T1Event:
+        self._ifs_requests += 1
+        if self._ifs_requests > MAX_IFS_REQUESTS:
+            raise self._fail(f"card sent more than {MAX_IFS_REQUESTS} S(IFS request)s "
+                             "in a row without moving the exchange on")
         self.ifsc = inf[0]
         return SendBlock(self._build(S_BLOCK | S_RESPONSE | S_IFS, inf))
 
     def _answer_wtx(self, inf: bytes) -> T1Event:
         self._wtx_count += 1
         if self._wtx_count > MAX_WTX:
-            self.state = T1State.IDLE
-            raise T1Error(f"card asked for more than {MAX_WTX} waiting time extensions")
+            raise self._fail(f"card asked for more than {MAX_WTX} waiting time extensions")
         return SendBlock(self._build(S_BLOCK | S_RESPONSE | S_WTX, inf), wtx=inf[0])
 
     def _aborted(self, _inf: bytes) -> T1Event:
-        self.state = T1State.IDLE
-        self._response.clear()
-        raise T1Error("card aborted the chained exchange (S(ABORT request))")
+        raise self._fail("card aborted the chained exchange (S(ABORT request))")
 
     def _ifs_done(self, inf: bytes) -> T1Event:
         if inf[0] != self._ifs_asked:
             return SendBlock(self._recover(RError.OTHER))
         self.ifsd = inf[0]
-        self.state = T1State.IDLE
+        self._clear()
         return Complete(b"")
 
     def _resynch_done(self, _inf: bytes) -> T1Event:
@@ -455,7 +480,7 @@ class T1Protocol:
         self.ifsc = self._initial_ifsc
         self._reset_retries()
         if self._after_resync is T1State.IDLE:
-            self.state = T1State.IDLE
+            self._clear()
             return Complete(b"")
         # Mid-APDU: the card lost its context; send the APDU again from the start.
         return SendBlock(self._begin_apdu())
@@ -482,12 +507,10 @@ class T1Protocol:
 
     def _escalate(self) -> bytes:
         if self.state is T1State.IFS_PENDING:
-            self.state = T1State.IDLE
-            raise T1Error(f"no valid S(IFS response) after {self.max_retries} retries")
+            raise self._fail(f"no valid S(IFS response) after {self.max_retries} retries")
         if self._resyncs >= MAX_RESYNCS:
-            self.state = T1State.IDLE
-            raise T1Error(f"T=1 exchange failed after {self.max_retries} retries "
-                          "and resynchronisation")
+            raise self._fail(f"T=1 exchange failed after {self.max_retries} retries "
+                             "and resynchronisation")
         self._resyncs += 1
         self._after_resync = self.state
         return self._start_resync()
@@ -495,8 +518,7 @@ class T1Protocol:
     def _start_resync(self) -> bytes:
         self._resync_attempts += 1
         if self._resync_attempts > self.max_retries:
-            self.state = T1State.IDLE
-            raise T1Error(f"no S(RESYNCH response) after {self.max_retries} attempts")
+            raise self._fail(f"no S(RESYNCH response) after {self.max_retries} attempts")
         self.state = T1State.RESYNC_PENDING
         self._last_s = self._build(S_BLOCK | S_RESYNCH)
         return self._last_s
