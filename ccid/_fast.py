@@ -278,9 +278,10 @@ class Chain:
     def __init__(self, mode: int, *, chunk: int, slot: int = 0, max_length: int = 0,
                  nad: int = 0, crc: bool = False, ifsd: int = 254,
                  resp_cap: int = 65_538) -> None:
-        _py._check_chain_args(mode, chunk, slot, nad, ifsd, resp_cap)
+        mode, chunk, slot, max_length, nad, ifsd, resp_cap = _py._check_chain_args(
+            mode, chunk, slot, max_length, nad, ifsd, resp_cap)
         st = ffi.new("ccid_chain *")
-        st.mode, st.slot, st.chunk, st.max_length = mode, slot, chunk, max(0, max_length)
+        st.mode, st.slot, st.chunk, st.max_length = mode, slot, chunk, max_length
         st.nad, st.crc, st.ifsd = nad, 1 if crc else 0, ifsd
         self.resp_cap = st.resp_cap = resp_cap
         self._resp = _alloc("char[]", max(resp_cap, 1))
@@ -319,25 +320,31 @@ class Chain:
 
     def first(self, seq: int, cmd: bytes, *, ns: int = 0, nr: int = 0, chunk: int = 0,
               ifsd: int = 0) -> bytes:
-        """Start an exchange of ``cmd``: its first frame, with bSeq ``seq``."""
+        """Start an exchange of ``cmd``: its first frame, with bSeq ``seq``. Refused
+        arguments (the twin's TypeError or ValueError) leave the chain as it was."""
         st = self._st
         if type(cmd) is not bytes:
-            cmd = bytes(cmd)
+            cmd = _py._as_bytes(cmd, "a command")
+        seq, ns, nr, chunk, ifsd = _py._check_first_args(st.mode, seq, ns, nr, chunk, ifsd)
+        if chunk and st.mode == CHAIN_EXTENDED and chunk > st.out_cap - 10:
+            self._grow(10 + chunk)  # a larger piece than the frame buffer was made for
         view = _from_buffer(cmd)
-        try:
-            st.ns, st.nr = ns, nr
-            if chunk:
-                if chunk > st.out_cap - 10 and st.mode == CHAIN_EXTENDED:
-                    raise OverflowError  # the frame buffer was sized for the first chunk
-                st.chunk = chunk
-            if ifsd:
-                st.ifsd = ifsd
-            self._keep[3] = view
-            st.cmd, st.cmd_len = view, len(cmd)
-            n = _chain_first(st, seq)
-        except (TypeError, OverflowError):
-            n = -1
-        if n < 0:  # a refused start leaves the chain to be started again
-            _py._check_first_args(st.mode, seq, ns, nr, chunk, ifsd)
+        st.ns, st.nr = ns, nr
+        if chunk:
+            st.chunk = chunk
+        if ifsd:
+            st.ifsd = ifsd
+        self._keep[3] = view
+        st.cmd, st.cmd_len = view, len(cmd)
+        n = _chain_first(st, seq)
+        if n < 0:  # pragma: no cover - every argument it could refuse was checked above
             raise ValueError(f"chain refused the exchange (code {n})")
         return _unpack(self._out, n)  # type: ignore[no-any-return]
+
+    def _grow(self, out_cap: int) -> None:
+        out = _alloc("char[]", out_cap)
+        self._out = out
+        self._keep[2] = out  # the capsule's owner list keeps the new buffer alive
+        st = self._st
+        st.out = ffi.cast("uint8_t *", out)
+        st.out_cap = out_cap

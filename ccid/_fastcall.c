@@ -84,10 +84,22 @@ static PyObject *fastcall_step(PyObject *module, PyObject *const *args, Py_ssize
         n = ccid_chain_step(st, (int)seq, (const uint8_t *)PyBytes_AS_STRING(reply),
                             (size_t)PyBytes_GET_SIZE(reply));
     } else if (PyBytes_Check(reply) || PyByteArray_Check(reply) || PyMemoryView_Check(reply)) {
-        if (PyObject_GetBuffer(reply, &view, PyBUF_SIMPLE) != 0)
-            return NULL;
-        n = ccid_chain_step(st, (int)seq, (const uint8_t *)view.buf, (size_t)view.len);
-        PyBuffer_Release(&view);
+        if (PyObject_GetBuffer(reply, &view, PyBUF_SIMPLE) == 0) {
+            n = ccid_chain_step(st, (int)seq, (const uint8_t *)view.buf, (size_t)view.len);
+            PyBuffer_Release(&view);
+        } else {
+            /* A strided memoryview has no simple buffer: copy it, as the twin's bytes()
+             * does, instead of raising BufferError where the twin does not. */
+            PyObject *copy;
+
+            PyErr_Clear();
+            copy = PyBytes_FromObject(reply);
+            if (copy == NULL)
+                return NULL;
+            n = ccid_chain_step(st, (int)seq, (const uint8_t *)PyBytes_AS_STRING(copy),
+                                (size_t)PyBytes_GET_SIZE(copy));
+            Py_DECREF(copy);
+        }
     } else {
         PyErr_Format(PyExc_TypeError, "a reply frame must be bytes-like, not %s",
                      Py_TYPE(reply)->tp_name);

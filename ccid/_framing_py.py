@@ -7,6 +7,8 @@ Errors are reported as status codes or raised as ``ccid.errors`` exceptions by t
 
 from __future__ import annotations
 
+from operator import index
+
 from ccid.constants import HEADER_SIZE
 
 # status codes shared with _fast.c (see ccid.framing.FrameStatus)
@@ -229,7 +231,8 @@ class Chain:
     def __init__(self, mode: int, *, chunk: int, slot: int = 0, max_length: int = 0,
                  nad: int = 0, crc: bool = False, ifsd: int = 254,
                  resp_cap: int = 65_538) -> None:
-        _check_chain_args(mode, chunk, slot, nad, ifsd, resp_cap)
+        mode, chunk, slot, max_length, nad, ifsd, resp_cap = _check_chain_args(
+            mode, chunk, slot, max_length, nad, ifsd, resp_cap)
         self.mode, self.slot, self.chunk, self.max_length = mode, slot, chunk, max_length
         self.nad, self.crc, self.ifsd = nad, bool(crc), ifsd
         self.resp_cap = resp_cap
@@ -250,13 +253,15 @@ class Chain:
               ifsd: int = 0) -> bytes:
         """Start an exchange of ``cmd``: its first frame, with bSeq ``seq``. T=1: ``ns``
         and ``nr`` are the sequence numbers to start from; ``chunk`` (IFSC) and ``ifsd``,
-        when not 0, replace the current ones."""
-        _check_first_args(self.mode, seq, ns, nr, chunk, ifsd)
+        when not 0, replace the current ones. Refused arguments (TypeError, ValueError)
+        leave the chain as it was."""
+        cmd = _as_bytes(cmd, "a command")
+        seq, ns, nr, chunk, ifsd = _check_first_args(self.mode, seq, ns, nr, chunk, ifsd)
         if chunk:
             self.chunk = chunk
         if ifsd:
             self.ifsd = ifsd
-        cmd = self._cmd = bytes(cmd)
+        self._cmd = cmd
         self.ns, self.nr = ns, nr
         self.offset = 0
         self._resp.clear()
@@ -348,13 +353,17 @@ class Chain:
                            build_t1_block(self.nad, 0x80 | (self.nr << 4), b"", self.crc))
 
 
+def _as_bytes(data: bytes, what: str) -> bytes:
+    """``data`` as ``bytes``: bytes-like objects only (an int would make ``bytes(n)``)."""
+    if type(data) is bytes:
+        return data
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"{what} must be bytes-like, not {type(data).__name__}")
+    return bytes(data)
+
+
 def _as_reply(reply: bytes) -> bytes:
-    """A reply as ``bytes``: bytes-like objects only (an int would make ``bytes(n)``)."""
-    if type(reply) is bytes:
-        return reply
-    if not isinstance(reply, (bytes, bytearray, memoryview)):
-        raise TypeError(f"a reply frame must be bytes-like, not {type(reply).__name__}")
-    return bytes(reply)
+    return _as_bytes(reply, "a reply frame")
 
 
 def _check_seq(seq: int) -> None:
@@ -362,32 +371,54 @@ def _check_seq(seq: int) -> None:
         raise ValueError(f"bSeq must be 0..255, got {seq!r}")
 
 
-def _check_chain_args(mode: int, chunk: int, slot: int, nad: int, ifsd: int,
-                      resp_cap: int) -> None:
-    """Both twins refuse the same arguments, with the same ValueError."""
+#: Largest response buffer a chain takes (the C twin allocates it up front).
+MAX_RESP_CAP = 1 << 24
+#: dwMaxCCIDMessageLength is a 32-bit field.
+MAX_MAX_LENGTH = 0xFFFFFFFF
+
+
+def _int(name: str, value: object) -> int:
+    """An integer argument (anything with ``__index__``), else TypeError."""
+    if isinstance(value, bool):
+        return int(value)
+    try:
+        return index(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, not {type(value).__name__}") from None
+
+
+def _in_range(name: str, value: object, lo: int, hi: int) -> int:
+    number = _int(name, value)
+    if not lo <= number <= hi:
+        raise ValueError(f"{name} must be {lo}..{hi}, got {value!r}")
+    return number
+
+
+def _check_chain_args(mode: int, chunk: int, slot: int, max_length: int, nad: int,
+                      ifsd: int, resp_cap: int) -> tuple[int, int, int, int, int, int, int]:
+    """Both twins refuse the same arguments with the same error (TypeError for a
+    non-integer, ValueError out of range) and take the same normalised values."""
+    mode = _int("mode", mode)
     if mode not in (CHAIN_EXTENDED, CHAIN_T1):
         raise ValueError(f"unknown chain mode {mode!r}")
-    _check_chunk(mode, chunk)
-    for name, value, hi in (("slot", slot, 0xFF), ("nad", nad, 0xFF), ("ifsd", ifsd, 254)):
-        if not 0 <= value <= hi:
-            raise ValueError(f"{name} must be 0..{hi}, got {value!r}")
-    if resp_cap < 0:
-        raise ValueError(f"resp_cap must not be negative, got {resp_cap!r}")
+    return (mode, _check_chunk(mode, chunk), _in_range("slot", slot, 0, 0xFF),
+            _in_range("max_length", max_length, 0, MAX_MAX_LENGTH),
+            _in_range("nad", nad, 0, 0xFF), _in_range("ifsd", ifsd, 0, 254),
+            _in_range("resp_cap", resp_cap, 0, MAX_RESP_CAP))
 
 
-def _check_chunk(mode: int, chunk: int) -> None:
-    limit = 254 if mode == CHAIN_T1 else 1 << 31
-    if not 1 <= chunk <= limit:
-        raise ValueError(f"chunk must be 1..{limit}, got {chunk!r}")
+def _check_chunk(mode: int, chunk: int) -> int:
+    return _in_range("chunk", chunk, 1, 254 if mode == CHAIN_T1 else 1 << 31)
 
 
-def _check_first_args(mode: int, seq: int, ns: int, nr: int, chunk: int, ifsd: int) -> None:
-    """What :meth:`Chain.first` refuses (0 for ``chunk``/``ifsd`` keeps the current one)."""
+def _check_first_args(mode: int, seq: int, ns: int, nr: int, chunk: int,
+                      ifsd: int) -> tuple[int, int, int, int, int]:
+    """What :meth:`Chain.first` refuses (0 for ``chunk``/``ifsd`` keeps the current one),
+    and the values it takes."""
     _check_seq(seq)
-    for name, value in (("ns", ns), ("nr", nr)):
-        if value not in (0, 1):
-            raise ValueError(f"{name} must be 0 or 1, got {value!r}")
+    ns = _in_range("ns", ns, 0, 1)
+    nr = _in_range("nr", nr, 0, 1)
+    chunk = _int("chunk", chunk)
     if chunk:
         _check_chunk(mode, chunk)
-    if not 0 <= ifsd <= 254:
-        raise ValueError(f"ifsd must be 0..254, got {ifsd!r}")
+    return seq, ns, nr, chunk, _in_range("ifsd", ifsd, 0, 254)

@@ -9,6 +9,7 @@ reader.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import pytest
@@ -315,3 +316,119 @@ def test_bound_step_outlives_its_chain_and_refuses_foreign_objects() -> None:
         _fast._fastcall.step(object(), 1, data_block(3))
     with pytest.raises(TypeError):
         _fast._fastcall.step(1, 2)
+
+
+# --- invalid arguments: both twins refuse alike and keep the same state ---------------
+
+WEIRD = st.one_of(
+    st.integers(-3, 300), st.sampled_from([-1, 0, 1, 254, 255, 256, 1 << 31, (1 << 31) + 1,
+                                           1 << 32, 1 << 64, -(1 << 70), 1 << 70]),
+    st.booleans(), st.none(), st.floats(allow_nan=False, width=32), st.text(max_size=2),
+    st.just(b"x"))
+SMALL = st.one_of(st.integers(0, 300), WEIRD)
+ALL_FIELDS = (*FIELDS, "mode", "slot", "nad", "crc", "ifsd", "chunk", "max_length",
+              "resp_cap")
+CMDS = st.one_of(st.binary(max_size=300), st.binary(max_size=40).map(bytearray),
+                 st.binary(max_size=40).map(lambda b: memoryview(b)[::2]),
+                 st.integers(-2, 5), st.text(max_size=3), st.none())
+
+
+def outcome(call: Any) -> Any:
+    try:
+        return ("ok", call())
+    except (TypeError, ValueError) as exc:
+        return ("refused", type(exc))
+
+
+def full_state(chain: Any) -> tuple[Any, ...]:
+    return (*(getattr(chain, f) for f in ALL_FIELDS), chain.response())
+
+
+@pytest.mark.skipif(_fast is None, reason="the C twin is not built")
+@settings(max_examples=min(settings.default.max_examples, 600), deadline=None)
+@given(mode=st.one_of(st.sampled_from([0, 1]), WEIRD), chunk=SMALL, slot=SMALL,
+       max_length=st.one_of(st.integers(0, 400), WEIRD), nad=SMALL, ifsd=SMALL,
+       resp_cap=st.one_of(st.integers(0, 400), WEIRD), crc=st.booleans())
+def test_constructor_arguments_agree(mode: Any, chunk: Any, slot: Any, max_length: Any,
+                                     nad: Any, ifsd: Any, resp_cap: Any, crc: bool) -> None:
+    kwargs = {"chunk": chunk, "slot": slot, "max_length": max_length, "nad": nad,
+              "ifsd": ifsd, "resp_cap": resp_cap, "crc": crc}
+    made = [outcome(lambda impl=impl: impl.Chain(mode, **kwargs)) for impl in (py, _fast)]
+    assert made[0][0] == made[1][0], made
+    if made[0][0] == "refused":
+        assert made[0][1] is made[1][1], made
+        return
+    assert full_state(made[0][1]) == full_state(made[1][1])
+
+
+@pytest.mark.skipif(_fast is None, reason="the C twin is not built")
+@settings(max_examples=min(settings.default.max_examples, 600), deadline=None)
+@given(mode=st.sampled_from([0, 1]), chunk=st.integers(1, 64), max_length=st.integers(0, 300),
+       calls=st.lists(st.tuples(SMALL, CMDS, SMALL, SMALL, SMALL, SMALL), min_size=1,
+                      max_size=4),
+       replies=st.lists(st.binary(max_size=40), max_size=3))
+def test_first_arguments_agree_and_refusals_change_nothing(
+        mode: int, chunk: int, max_length: int, calls: list[tuple[Any, ...]],
+        replies: list[bytes]) -> None:
+    chains = [impl.Chain(mode, chunk=chunk, max_length=max_length, resp_cap=500)
+              for impl in (py, _fast)]
+    for seq, cmd, ns, nr, new_chunk, ifsd in calls:
+        before = [full_state(c) for c in chains]
+        got = [outcome(partial(c.first, seq, cmd, ns=ns, nr=nr, chunk=new_chunk, ifsd=ifsd))
+               for c in chains]
+        if got[0][0] == "refused" or got[1][0] == "refused":
+            assert got[0] == got[1]
+            assert [full_state(c) for c in chains] == before  # untouched
+        else:
+            assert got[0] == got[1]
+            assert full_state(chains[0]) == full_state(chains[1])
+        for reply in replies:  # what follows agrees too
+            frames = [outcome(partial(c.step, 1, data_block(0, reply))) for c in chains]
+            assert frames[0] == frames[1]
+            assert full_state(chains[0]) == full_state(chains[1])
+
+
+@pytest.mark.parametrize("impl", IMPLS, ids=IDS)
+def test_extended_first_may_take_a_larger_chunk(impl: Any) -> None:
+    chain = impl.Chain(impl.CHAIN_EXTENDED, chunk=64)
+    cmd = bytes(range(200))
+    frame = chain.first(3, cmd, chunk=128)
+    assert frame == py.build_frame(0x6F, 0, 3, 0, 0x01, 0, cmd[:128])
+    assert chain.step(4, data_block(3, chain=0x10)) == py.build_frame(0x6F, 0, 4, 0, 0x02, 0,
+                                                                      cmd[128:])
+    assert chain.step(5, data_block(4, b"\x90\x00")) == b""
+    assert chain.response() == b"\x90\x00"
+
+
+@pytest.mark.parametrize("impl", IMPLS, ids=IDS)
+def test_negative_or_oversized_limits_are_refused(impl: Any) -> None:
+    for kwargs in ({"max_length": -1}, {"max_length": 1 << 32}, {"resp_cap": -1},
+                   {"resp_cap": (1 << 24) + 1}):
+        with pytest.raises(ValueError):
+            impl.Chain(impl.CHAIN_EXTENDED, chunk=10, **kwargs)
+    for kwargs in ({"chunk": 1.5}, {"slot": "0"}, {"nad": None}):
+        with pytest.raises(TypeError):
+            impl.Chain(impl.CHAIN_T1, **{"chunk": 10, **kwargs})
+
+
+@pytest.mark.parametrize("impl", IMPLS, ids=IDS)
+def test_refused_first_leaves_the_chain_as_it_was(impl: Any) -> None:
+    chain = impl.Chain(impl.CHAIN_T1, chunk=32)
+    chain.first(7, b"\x00\xa4\x04\x00", ns=1, nr=1)
+    before = full_state(chain)
+    for args, kwargs in (((256, b"x"), {}), ((1, b"x"), {"chunk": 255, "ns": 0}),
+                         ((1, b"x"), {"ifsd": 255, "chunk": 5}), ((True, b"x"), {}),
+                         ((1, 12), {"chunk": 5}), ((1, "x"), {"nr": 0})):
+        with pytest.raises((TypeError, ValueError)):
+            chain.first(*args, **kwargs)
+        assert full_state(chain) == before
+
+
+@pytest.mark.parametrize("impl", IMPLS, ids=IDS)
+def test_strided_memoryview_reply_is_taken_like_bytes(impl: Any) -> None:
+    chain = impl.Chain(impl.CHAIN_EXTENDED, chunk=10)
+    chain.first(0, b"\x00\xa4\x00\x00")
+    reply = data_block(0, b"\x90\x00")
+    doubled = bytes(b for x in reply for b in (x, 0xEE))
+    assert chain.step(1, memoryview(doubled)[::2]) == b""
+    assert chain.response() == b"\x90\x00"
