@@ -852,7 +852,35 @@ def parse_yaml(text: str, filename: str = "readers.yaml") -> dict[str, Any]:
         raise DatabaseError(f"{filename}: not valid YAML: {exc}") from None
     if node is None:
         raise DatabaseError(f"{filename}: empty database")
+    _refuse_aliases(node, filename)
     return _Schema(filename).top(node)
+
+
+def _refuse_aliases(root: yaml.Node, filename: str) -> None:
+    """DatabaseError at the first node reached twice: an alias of an anchored node.
+
+    The composer shares an aliased node instead of copying it, so nested aliases make a
+    small file describe an exponentially large tree that validation would walk in full.
+    Reader entries never need them; one pass over the distinct nodes finds them.
+    """
+    import yaml
+
+    from ccid.errors import DatabaseError
+
+    seen: set[int] = set()
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            line = node.start_mark.line + 1
+            raise DatabaseError(f"{filename}:{line}: YAML anchors and aliases are not "
+                                "allowed (the node anchored here is used again)")
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                stack += (value, key)
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(reversed(node.value))
 
 
 # --- the compiled cache ------------------------------------------------------------------
