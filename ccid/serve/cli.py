@@ -44,6 +44,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                     help="also serve members of GROUP (default: only our own user)")
     sp.add_argument("--allow-escape", action="store_true",
                     help="offer FEATURE_CCID_ESC_COMMAND (vendor escapes) to clients")
+    sp.add_argument("--virtual-pin", metavar="DIGITS",
+                    help="what the user of a virtual pinpad types (default: nothing, the "
+                         "entry times out)")
     sp.add_argument("-v", dest="serve_verbose", action="count", default=0,
                     help="-v: each request and answer (APDUs and PINs masked)")
     sp.add_argument("--trace", dest="serve_trace", metavar="FILE",
@@ -52,9 +55,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     return sp
 
 
-def _virtual_backend(specs: list[str]) -> Any:
+def _virtual_backend(specs: list[str], pin: str | None = None) -> Any:
     from ccid.errors import UsageError
-    from ccid.testing import VirtualBackend, VirtualCard, presets
+    from ccid.testing import PinEntry, VirtualBackend, VirtualCard, presets
 
     backend = VirtualBackend()
     for spec in specs:
@@ -65,7 +68,8 @@ def _virtual_backend(specs: list[str]) -> Any:
                              + ", ".join(sorted(presets.PRESETS)))
         if kind not in _CARDS:
             raise UsageError(f"card {kind!r} for {name}: use one of {', '.join(_CARDS)}")
-        presets.preset(name, _card(kind, VirtualCard), backend=backend)
+        extra = {} if pin is None else {"pin_entry": PinEntry(pin)}
+        presets.preset(name, _card(kind, VirtualCard), backend=backend, **extra)
     return backend
 
 
@@ -86,7 +90,8 @@ def _drive(backend: Any, stream: Any) -> None:
         if not words:
             continue
         try:
-            readers = backend.readers()
+            readers = backend.readers
+            readers = readers() if callable(readers) else readers
             index = int(words[1]) if len(words) > 1 else 0
             vreader = readers[index]
             if words[0] == "remove":
@@ -123,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
 
         raise UsageError("--system and --socket are exclusive")
     path = SYSTEM_SOCKET if args.system else (args.socket or default_socket_path())
-    backend = _virtual_backend(args.virtual) if args.virtual else None
+    backend = _virtual_backend(args.virtual, args.virtual_pin) if args.virtual else None
     if args.serve_trace:
         from ccid import trace
 

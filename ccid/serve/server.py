@@ -147,13 +147,8 @@ class Handle:
     card: Any
     mode: str
     lock_depth: int = 0
-    txn: Any = None
 
     def release_lock(self) -> None:
-        if self.txn is not None:
-            txn, self.txn = self.txn, None
-            with contextlib.suppress(Exception):
-                txn.__exit__(None, None, None)
         self.lock_depth = 0
         if self.entry.lock_owner is self:
             self.entry.lock_owner = None
@@ -785,8 +780,7 @@ class Server:
 
     def _change_mode(self, h: Handle, mode: str, wanted: int | None) -> None:
         old = h.card
-        held = h.txn is not None
-        h.release_lock()
+        held = h.entry.lock_owner is h
         old.disconnect("leave")
         try:
             h.card = h.entry.reader.connect(h.entry.slot, wanted, mode)
@@ -813,9 +807,9 @@ class Server:
         return wire.DISCONNECT.pack(hraw, disp, wire.SUCCESS)
 
     def _lock(self, h: Handle) -> None:
-        txn = h.card.transaction()
-        txn.__enter__()
-        h.txn = txn
+        # Only PC/SC clients see the transaction: holding the slot's lock
+        # (Card.transaction) for it would also block other clients' SCardConnect, which
+        # pcscd lets through. Each APDU is atomic in the library anyway.
         h.entry.lock_owner = h
 
     def _do_BEGIN_TRANSACTION(self, conn: Connection, req: Request) -> bytes:
@@ -831,12 +825,6 @@ class Server:
             if self._other_lock(h):
                 return wire.BEGIN.pack(hraw, _rv("SCARD_E_SHARING_VIOLATION"))
             h.entry.lock_owner = h
-        if h.txn is None:
-            try:
-                self._lock(h)
-            except CCIDError as exc:
-                h.release_lock()
-                return wire.BEGIN.pack(hraw, _rv_of(exc))
         h.lock_depth += 1
         return wire.BEGIN.pack(hraw, wire.SUCCESS)
 
@@ -883,7 +871,8 @@ class Server:
         if self._other_lock(h):
             return answer(_rv("SCARD_E_SHARING_VIOLATION"))
         active = _proto(h.card, h.mode)
-        if int(sproto) in (wire.PROTOCOL_T0, wire.PROTOCOL_T1) and \
+        # (no protocol: the card went away; the transmit below says how)
+        if active and int(sproto) in (wire.PROTOCOL_T0, wire.PROTOCOL_T1) and \
                 int(sproto) != active:  # type: ignore[call-overload]
             return answer(_rv("SCARD_E_PROTO_MISMATCH"))
         try:
