@@ -438,6 +438,8 @@ class RawClient:
         self.send(wire.Command.WAIT_READER_STATE_CHANGE)
         if self.minor < 6:  # up to 4:5 the array comes with the registration
             self.recv(wire.PCSCLITE_MAX_READERS_CONTEXTS * wire.READER_STATE.size)
+        else:  # 4:6 reads it after registering (and so knows the server saw the WAIT)
+            self.states()
 
     def wait_change(self) -> int:
         self.register()
@@ -486,7 +488,7 @@ def test_each_protocol_version(server: Served, minor: int) -> None:
         # a sharing change wakes a registered waiter
         with RawClient(server.path, minor) as other:
             other.register()
-            h2, _, rv = c.connect(ctx, str(names[1]))
+            _h2, _, rv = c.connect(ctx, str(names[1]))
             assert rv == 0
             assert wire.WAIT_STATE.unpack(other.recv(8)) == (0, 0)
             assert other.states()[1]["sharing"] == 1

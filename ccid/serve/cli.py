@@ -110,8 +110,7 @@ def _drive(backend: Any, stream: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ccid.serve.server import SYSTEM_SOCKET, Server, ServerError, default_socket_path, \
-        group_ids
+    from ccid.serve.server import SYSTEM_SOCKET, Server, ServerError, default_socket_path, group_ids
 
     level = logging.DEBUG if args.serve_verbose else logging.INFO
     logging.getLogger("ccid.serve").setLevel(level)

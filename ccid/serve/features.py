@@ -93,10 +93,10 @@ def feature_list(reader: Any, allow_escape: bool) -> bytes:
 
 def _pin_sizes(reader: Any) -> tuple[int, int, int] | None:
     """(min, max, validation) the reader's firmware states, or the known GemPC Pinpad v1."""
-    features = reader.firmware_features
-    if features is not None and getattr(features, "max_pin_size", 0):
-        return (int(features.min_pin_size), int(features.max_pin_size),
-                int(getattr(features, "entry_validation_condition", 0x02) or 0x02))
+    fw: Any = reader.firmware_features
+    if fw is not None and getattr(fw, "max_pin_size", None):
+        return (int(fw.min_pin_size), int(fw.max_pin_size),
+                int(getattr(fw, "entry_validation_condition", None) or 0x02))
     info = reader.info
     if (info.vid, info.pid, info.bcd_device) == (0x08E6, 0x3478, 0x0100):
         return 4, 8, 0x02

@@ -11,6 +11,7 @@ that client only, as pcscd does.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from ccid.serve import wire
 
@@ -24,7 +25,7 @@ class ProtocolViolation(Exception):
 @dataclass(frozen=True, slots=True)
 class Request:
     command: int
-    fields: tuple[object, ...]
+    fields: tuple[Any, ...]
     data: bytes = b""
 
 
@@ -43,7 +44,7 @@ def negotiate(major: int, minor: int) -> tuple[int, int, int]:
 
 
 #: Commands taking a trailing send buffer, and the index of cbSendLength in their struct.
-_TRAILING = {wire.Command.TRANSMIT: 3, wire.Command.CONTROL: 2}
+_TRAILING: dict[int, int] = {wire.Command.TRANSMIT: 3, wire.Command.CONTROL: 2}
 
 
 class RequestParser:
@@ -67,14 +68,14 @@ class RequestParser:
         buf = self._buf
         if len(buf) < wire.HEADER.size:
             return wire.HEADER.size - len(buf)
-        size, command = wire.HEADER.unpack_from(buf)
+        size, command = (int(x) for x in wire.HEADER.unpack_from(buf))
         total = wire.HEADER.size + size
         if len(buf) >= total and command in _TRAILING:
             body = wire.REQUEST[command]
             assert body is not None
             count = int(body.unpack_from(buf, wire.HEADER.size)[_TRAILING[command]])
             total += count
-        return max(1, total - len(buf))
+        return max(1, int(total) - len(buf))
 
     def next_request(self) -> Request | None:
         buf = self._buf
@@ -96,11 +97,11 @@ class RequestParser:
         end = wire.HEADER.size + size
         if len(buf) < end:
             return None
-        fields: tuple[object, ...] = () if body is None else body.unpack_from(buf,
+        fields: tuple[Any, ...] = () if body is None else body.unpack_from(buf,
                                                                                wire.HEADER.size)
         data = b""
         if command in _TRAILING:
-            count = int(fields[_TRAILING[command]])  # type: ignore[call-overload]
+            count = int(fields[_TRAILING[command]])
             if count > wire.MAX_BUFFER_SIZE_EXTENDED:
                 raise ProtocolViolation(f"{wire.Command(command).name} send buffer of "
                                         f"{count} bytes (maximum "
@@ -109,9 +110,8 @@ class RequestParser:
                 return None
             data = bytes(buf[end:end + count])
             end += count
-        if command in (wire.Command.GET_ATTRIB, wire.Command.SET_ATTRIB):
-            if int(fields[3]) > wire.MAX_BUFFER_SIZE:  # type: ignore[call-overload]
-                raise ProtocolViolation(f"attribute length {fields[3]} > "
-                                        f"{wire.MAX_BUFFER_SIZE}")
+        if command in (wire.Command.GET_ATTRIB, wire.Command.SET_ATTRIB) and \
+                int(fields[3]) > wire.MAX_BUFFER_SIZE:
+            raise ProtocolViolation(f"attribute length {fields[3]} > {wire.MAX_BUFFER_SIZE}")
         del buf[:end]
         return Request(command, fields, data)

@@ -31,12 +31,11 @@ from ccid.errors import (
     NoCardError,
     ReaderRemovedError,
     SharingViolationError,
-    UsageError,
 )
 from ccid.serve import features, wire
 from ccid.serve.protocol import ProtocolViolation, Request, RequestParser, negotiate
 
-__all__ = ["Server", "ServerError", "default_socket_path", "SYSTEM_SOCKET"]
+__all__ = ["SYSTEM_SOCKET", "Server", "ServerError", "default_socket_path"]
 
 log = logging.getLogger("ccid.serve")
 
@@ -301,9 +300,7 @@ class Server:
     # --- readers (one thread following ccid.watch) ------------------------------------
 
     def _watch(self) -> None:
-        from ccid import events, watch
-
-        from ccid import list_readers
+        from ccid import events, list_readers, watch
 
         try:
             self._expected = len(list_readers(self.backend))
@@ -590,7 +587,7 @@ class Server:
 
     def _do_VERSION(self, conn: Connection, req: Request) -> bytes:
         major, minor, _ = req.fields
-        rmajor, rminor, rv = negotiate(int(major), int(minor))  # type: ignore[call-overload]
+        rmajor, rminor, rv = negotiate(int(major), int(minor))
         if rv == wire.SUCCESS:
             conn.parser.minor = rminor
             log.debug("%s speaks protocol %d:%d", conn, major, minor)
@@ -610,7 +607,7 @@ class Server:
         return wire.ESTABLISH.pack(scope, ctx, wire.SUCCESS)
 
     def _do_RELEASE_CONTEXT(self, conn: Connection, req: Request) -> bytes:
-        ctx = int(req.fields[0])  # type: ignore[call-overload]
+        ctx = int(req.fields[0])
         if ctx not in conn.contexts:
             return wire.RELEASE.pack(ctx, _rv("SCARD_E_INVALID_HANDLE"))
         for h in [h for h in conn.handles.values() if h.context == ctx]:
@@ -659,7 +656,7 @@ class Server:
         return None
 
     def _do_CANCEL(self, conn: Connection, req: Request) -> bytes:
-        ctx = int(req.fields[0]) & 0xFFFFFFFF  # type: ignore[call-overload]
+        ctx = int(req.fields[0]) & 0xFFFFFFFF
         with self.lock:
             target = self.contexts.get(ctx)
             if target is None:
@@ -682,10 +679,10 @@ class Server:
 
     def _do_CONNECT(self, conn: Connection, req: Request) -> bytes:
         ctx, raw_name, share, prefs, _h, _p, _rvx = req.fields
-        ctx = int(ctx)  # type: ignore[call-overload]
-        share = int(share)  # type: ignore[call-overload]
-        prefs = int(prefs)  # type: ignore[call-overload]
-        name = wire.c_string(bytes(raw_name))  # type: ignore[call-overload]
+        ctx = int(ctx)
+        share = int(share)
+        prefs = int(prefs)
+        name = wire.c_string(bytes(raw_name))
 
         def answer(rv: int, hcard: int = 0, proto: int = 0) -> bytes:
             return wire.CONNECT.pack(ctx, raw_name, share, prefs, hcard, proto, rv)
@@ -723,8 +720,8 @@ class Server:
         log.debug("%s: connected to %s (%s, %s)", conn, name, mode, card.protocol)
         return answer(wire.SUCCESS, hid, _proto(card, mode))
 
-    def _handle(self, conn: Connection, raw: object) -> Handle | None:
-        h = conn.handles.get(int(raw))  # type: ignore[call-overload]
+    def _handle(self, conn: Connection, raw: Any) -> Handle | None:
+        h = conn.handles.get(int(raw))
         return h  # another connection's handle is as unknown as a made-up one
 
     def _other_lock(self, h: Handle) -> bool:
@@ -755,11 +752,11 @@ class Server:
         h = self._handle(conn, hraw)
         if h is None:
             return answer(_rv("SCARD_E_INVALID_HANDLE"))
-        mode = _MODES.get(int(share))  # type: ignore[call-overload]
-        disposition = _DISPOSITIONS.get(int(init))  # type: ignore[call-overload]
+        mode = _MODES.get(int(share))
+        disposition = _DISPOSITIONS.get(int(init))
         if mode is None or disposition is None:
             return answer(_rv("SCARD_E_INVALID_VALUE"))
-        wanted, bad = _wanted(int(prefs), mode)  # type: ignore[call-overload]
+        wanted, bad = _wanted(int(prefs), mode)
         if bad:
             return answer(_rv(bad))
         if h.entry.gone:
@@ -797,7 +794,7 @@ class Server:
         h = self._handle(conn, hraw)
         if h is None:
             return wire.DISCONNECT.pack(hraw, disp, _rv("SCARD_E_INVALID_HANDLE"))
-        disposition = _DISPOSITIONS.get(int(disp))  # type: ignore[call-overload]
+        disposition = _DISPOSITIONS.get(int(disp))
         if disposition is None:
             return wire.DISCONNECT.pack(hraw, disp, _rv("SCARD_E_INVALID_VALUE"))
         if self._other_lock(h) or h.entry.gone:
@@ -833,7 +830,7 @@ class Server:
         h = self._handle(conn, hraw)
         if h is None:
             return wire.END.pack(hraw, disp, _rv("SCARD_E_INVALID_HANDLE"))
-        disposition = _DISPOSITIONS.get(int(disp))  # type: ignore[call-overload]
+        disposition = _DISPOSITIONS.get(int(disp))
         if disposition is None:
             return wire.END.pack(hraw, disp, _rv("SCARD_E_INVALID_VALUE"))
         if h.entry.lock_owner is not h:
@@ -873,14 +870,14 @@ class Server:
         active = _proto(h.card, h.mode)
         # (no protocol: the card went away; the transmit below says how)
         if active and int(sproto) in (wire.PROTOCOL_T0, wire.PROTOCOL_T1) and \
-                int(sproto) != active:  # type: ignore[call-overload]
+                int(sproto) != active:
             return answer(_rv("SCARD_E_PROTO_MISMATCH"))
         try:
             # T=0: 61xx / 6Cxx go to the application as the card gave them (libccid does)
             response = h.card.transmit(req.data, raw=active == wire.PROTOCOL_T0)
         except CCIDError as exc:
             return answer(_rv_of(exc))
-        if len(response) > int(recv_len):  # type: ignore[call-overload]
+        if len(response) > int(recv_len):
             return answer(_rv("SCARD_E_INSUFFICIENT_BUFFER"), len(response))
         return answer(wire.SUCCESS, len(response), response)
 
@@ -898,14 +895,14 @@ class Server:
         if self._other_lock(h):
             return answer(_rv("SCARD_E_SHARING_VIOLATION"))
         try:
-            out = features.control(h.card, int(code), req.data,  # type: ignore[call-overload]
+            out = features.control(h.card, int(code), req.data,
                                    self.allow_escape)
         except features.ControlError as exc:
             log.debug("%s: control 0x%08X: %s", conn, code, exc)
             return answer(_rv(exc.code))
         except CCIDError as exc:
             return answer(_rv_of(exc))
-        if len(out) > int(recv_len):  # type: ignore[call-overload]
+        if len(out) > int(recv_len):
             return answer(_rv("SCARD_E_INSUFFICIENT_BUFFER"), len(out))
         return answer(wire.SUCCESS, len(out), out)
 
@@ -917,13 +914,13 @@ class Server:
 
         h = self._handle(conn, hraw)
         if h is None:
-            return answer(_rv("SCARD_E_INVALID_HANDLE"), size=int(length))  # type: ignore
+            return answer(_rv("SCARD_E_INVALID_HANDLE"), size=int(length))
         if h.entry.gone:
             return answer(_rv("SCARD_E_READER_UNAVAILABLE"))
-        value = _attribute(h, int(attr))  # type: ignore[call-overload]
+        value = _attribute(h, int(attr))
         if value is None:
             return answer(_rv("SCARD_E_UNSUPPORTED_FEATURE"))
-        if len(value) > int(length):  # type: ignore[call-overload]
+        if len(value) > int(length):
             return answer(_rv("SCARD_E_INSUFFICIENT_BUFFER"), size=len(value))
         return answer(wire.SUCCESS, value, len(value))
 
