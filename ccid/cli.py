@@ -699,6 +699,10 @@ def build_parser() -> argparse.ArgumentParser:
     virtual_opt(sp)
     sp.add_argument("--reader", metavar="SELECTOR", default=None)
     sp.set_defaults(func=cmd_demo)
+
+    from ccid.serve.cli import add_parser as add_serve_parser  # the PC/SC server
+
+    add_serve_parser(sub)
     return p
 
 
