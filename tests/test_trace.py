@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import CT700_LOG
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -333,11 +334,8 @@ def test_summary_reads_a_pcscd_log(tmp_path: Path) -> None:
 
 
 def test_summary_reads_the_seed_log_lines() -> None:
-    # The El Capitan CT700 log of the seeds: no delta column, frames after a prefix.
-    seed = Path(__file__).resolve().parents[2] / "shared" / "seeds" / "000_666070f5a73daebe.txt"
-    if not seed.exists():
-        pytest.skip("seed articles not available")
-    summary = trace.summarize(seed)
+    # The El Capitan CT700 driver log: no delta column, frames after a prefix.
+    summary = trace.summarize(CT700_LOG)
     names = {c.name: c for c in summary.calls}
     assert names["GetSlotStatus"].count == 2
     assert names["GetSlotStatus"].total == pytest.approx(0.004, abs=1e-6)  # 2 ms each
