@@ -91,6 +91,7 @@ from ccid.protocol.params import (
     t1_bwt_seconds,
 )
 from ccid.protocol.t0 import T0Exchange
+from ccid.transport.iccd import transport_class as _transport_class
 from ccid.transport.usb import UsbInterface, UsbTransport, find_interfaces
 
 __all__ = [
@@ -611,7 +612,7 @@ class Reader:
                 "manufacturer": self.info.manufacturer, "product": self.info.product,
                 "serial": self.info.serial,
             })
-        transport = UsbTransport(self.info._interface, self.name)
+        transport = _transport_class(self.info._interface)(self.info._interface, self.name)
         self._transport = transport
         transport.open()
         transport.read_size = max(transport.read_size,
