@@ -35,7 +35,7 @@ import usb.core
 
 from ccid.constants import ClassRequest, ExchangeLevel, Features
 from ccid.descriptor import CCIDDescriptor
-from ccid.errors import ProtocolError, ReaderTimeoutError
+from ccid.errors import ProtocolError, ReaderError, ReaderTimeoutError, TransportError
 from ccid.transport.usb import UsbInterface, UsbTransport, _ms, _trace, usb_error
 
 __all__ = [
@@ -150,6 +150,8 @@ class IccdTransport(UsbTransport):
         self.version = info.iccd or ICCD_B
         self._replies: deque[bytes] = deque()
         self._job: _Job | None = None
+        # An exchange ended half-way (garbage): the token's state machine is unknown.
+        self._broken = False
         self._powered = False
         self._protocol = 0
         self._params = _T0_PARAMS
@@ -213,6 +215,10 @@ class IccdTransport(UsbTransport):
             return
         elif cmd == _SLOT_STATUS:
             job.stage = "status"
+        elif cmd == _XFR and not self._powered:
+            # Powered off under the session (an abort): the card must be reconnected.
+            self._answer(job, self._failed(job, _ICC_MUTE))
+            return
         elif cmd == _XFR:
             level = int.from_bytes(frame[8:10], "little")
             if self.version == ICCD_B:
@@ -257,9 +263,13 @@ class IccdTransport(UsbTransport):
             reply = self._poll(job, deadline)
         except ReaderTimeoutError:
             raise  # the token may still answer: the session aborts or reads again
-        except Exception:
-            # Garbage, a stall or an unplug ends the command.
-            self._job = None
+        except (ProtocolError, TransportError):
+            self._job = None  # garbage or an unplug ends the command
+            self._broken = True
+            raise
+        except ReaderError:
+            # A stalled request: the session reads once more, and the token may answer
+            # the repeated poll (a bulk reader's cleared halt works the same way).
             raise
         if reply[7] & 0xC0 != 0x80:  # the final answer (not a time extension)
             self._job = None
@@ -275,19 +285,21 @@ class IccdTransport(UsbTransport):
             super().class_request_out(request, value, timeout)
             return
         job, self._job = self._job, None
+        broken, self._broken = self._broken, False
         self._replies.clear()
-        if job is None:
-            return
-        end = time.monotonic() + min(timeout, ABORT_GRACE)
-        try:
-            while time.monotonic() < end:
-                reply = self._poll(job, end)
-                if reply[7] & 0xC0 != 0x80:
-                    return
-        except ReaderTimeoutError:
-            pass
-        except ProtocolError:
-            pass
+        if job is None and not (broken and self.version == ICCD_A):
+            return  # version B starts afresh with the next XFR_BLOCK
+        if job is not None and self.version == ICCD_B:
+            end = time.monotonic() + min(timeout, ABORT_GRACE)
+            try:
+                while time.monotonic() < end:
+                    reply = self._poll(job, end)
+                    if reply[7] & 0xC0 != 0x80:
+                        return  # it finished: nothing to undo
+            except (ReaderTimeoutError, ProtocolError):
+                pass
+        # A version A token is half-way through a command's steps, a version B token still
+        # busy: powering the card off is the only reset ICCD has.
         self._power_off(max(0.05, timeout))
 
     # --- helpers ----------------------------------------------------------------------
