@@ -27,7 +27,7 @@ from ccid.errors import (
 from ccid.testing import VirtualBackend, VirtualCard
 from ccid.testing.backend import VirtualDevice
 from ccid.testing.iccd import IccdFault, IccdReader, is_iccd_dump
-from ccid.testing.presets import preset_reader
+from ccid.testing.presets import ICCD_PRESETS, preset_dump, preset_reader
 
 pytestmark = [pytest.mark.timeout(60),
               pytest.mark.filterwarnings("ignore::RuntimeWarning")]
@@ -354,3 +354,15 @@ def test_class_ff_iccd_tokens_are_driven_over_control(descriptor_corpus: dict[st
             warnings.simplefilter("ignore")
             (info,) = ccid.list_readers(VirtualBackend(device))
         assert info.slots == 1
+
+
+@pytest.mark.parametrize("name", sorted(ICCD_PRESETS))
+def test_embedded_iccd_preset_equals_its_corpus_dump(name: str,
+                                                     descriptor_corpus: dict[str, Any]) -> None:
+    embedded = preset_dump(name)
+    entry = next(e for e in descriptor_corpus["readers"] if e["file"] == embedded["file"])
+    dump = entry["interfaces"][0]
+    for key, value in embedded.items():
+        if key != "file":
+            assert dump[key] == value, (name, key)
+    assert is_iccd_dump(embedded)

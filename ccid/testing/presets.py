@@ -19,8 +19,8 @@ from ccid.testing.faults import NoAnswer
 from ccid.testing.iccd import IccdReader, is_iccd_dump
 from ccid.testing.reader import VirtualReader
 
-__all__ = ["CT700_ESCAPE_FIRMWARE", "CT700_ESCAPE_L10N", "PRESETS", "preset", "preset_dump",
-           "preset_reader"]
+__all__ = ["CT700_ESCAPE_FIRMWARE", "CT700_ESCAPE_L10N", "ICCD_PRESETS", "PRESETS", "preset",
+           "preset_dump", "preset_reader"]
 
 #: One line per preset: what kind of reader it is.
 PRESETS: dict[str, str] = {
@@ -32,6 +32,11 @@ PRESETS: dict[str, str] = {
     "two-slot-concurrent": "SpringCard SpringCore 1C34:6012: 2 slots, extended APDU, 5 busy",
     "no-interrupt": "Canokey 20A0:42D4: extended APDU token without interrupt endpoint",
     "iccd-token": "Feitian ePass2003Auto 096E:080A: ICCD token (dwFeatures 0x800), bulk",
+}
+
+#: ICCD tokens driven over the control pipe (``ccid.testing.iccd``), by name: a bulk
+#: CCID link cannot talk to them, so they are listed apart from ``PRESETS``.
+ICCD_PRESETS: dict[str, str] = {
     "iccd-a": "BIFIT iBank2Key 23A0:0002: ICCD version A, control pipe only, T=0",
     "iccd-a-tpdu": "ActivCard USB Reader V2 09C3:0008: ICCD version A with bulk endpoints "
                    "(driven over control, as libccid does), T=0/T=1, firmware 2.02 (bogus)",
@@ -296,7 +301,8 @@ def preset_dump(name: str) -> dict[str, Any]:
     try:
         dump = _DUMPS[name]
     except KeyError:
-        raise UsageError(f"no preset {name!r}; known: {', '.join(PRESETS)}") from None
+        raise UsageError(f"no preset {name!r}; known: "
+                         f"{', '.join([*PRESETS, *ICCD_PRESETS])}") from None
     return {k: (list(v) if isinstance(v, list) else dict(v) if isinstance(v, dict) else v)
             for k, v in dump.items()}
 
