@@ -302,8 +302,11 @@ class IccdReader(VirtualReader):
 def is_iccd_dump(dump: Mapping[str, Any]) -> bool:
     """The interface dump declares ICCD A or B (CCID or vendor class)."""
     itf = dump.get("interface", {})
-    return int(itf.get("bInterfaceClass", 0x0B)) in (0x0B, 0xFF) and int(
-        itf.get("bInterfaceProtocol", 0)) in (1, 2)
+    klass = int(itf.get("bInterfaceClass", 0x0B))
+    if int(itf.get("bInterfaceProtocol", 0)) not in (1, 2):
+        return False
+    # A vendor-class interface is ICCD underneath only without a bulk pair.
+    return klass == 0x0B or (klass == 0xFF and int(itf.get("bNumEndpoints", 0)) < 2)
 
 
 def iccd_device_from_dump(entry: Mapping[str, Any], **device_kwargs: Any) -> Any:

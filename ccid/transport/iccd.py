@@ -99,7 +99,8 @@ def iccd_version(interface_class: int, interface_protocol: int) -> int:
 
     libccid goes by bInterfaceProtocol alone, whatever the endpoints: the ActivCard USB
     Reader V2 declares version A and has bulk endpoints, and is driven as version A; the
-    e-gate and Oberthur tokens declare the vendor class 0xFF with protocol 1 or 2.
+    e-gate and Oberthur tokens declare the vendor class 0xFF with protocol 1 or 2 and no
+    endpoint. Enumeration keeps a vendor-class interface that has a bulk pair on bulk CCID.
     """
     if interface_class in (0x0B, 0xFF) and interface_protocol in (ICCD_A, ICCD_B):
         return interface_protocol

@@ -241,6 +241,8 @@ def _interfaces_of(dev: Any) -> list[UsbInterface]:
                     bulk_out = addr
                 elif kind == _EP_INTERRUPT and addr & _DIR_IN and intr is None:
                     intr, intr_packet = addr, ep.wMaxPacketSize or 8
+            if iccd and klass != CCID_CLASS and bulk_in is not None and bulk_out is not None:
+                iccd = 0  # a vendor interface with bulk pipes talks CCID, whatever it says
             if iccd:
                 from ccid.transport.iccd import iccd_descriptor
 
