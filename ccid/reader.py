@@ -91,6 +91,7 @@ from ccid.protocol.params import (
     t1_bwt_seconds,
 )
 from ccid.protocol.t0 import T0Exchange
+from ccid.transport.iccd import transport_class as _transport_class
 from ccid.transport.usb import UsbInterface, UsbTransport, find_interfaces
 
 __all__ = [
@@ -611,7 +612,7 @@ class Reader:
                 "manufacturer": self.info.manufacturer, "product": self.info.product,
                 "serial": self.info.serial,
             })
-        transport = UsbTransport(self.info._interface, self.name)
+        transport = _transport_class(self.info._interface)(self.info._interface, self.name)
         self._transport = transport
         transport.open()
         transport.read_size = max(transport.read_size,
@@ -2519,11 +2520,11 @@ class Card:
         with span, s.lock:
             self._check()
             if reader.descriptor.exchange_level == ExchangeLevel.TPDU and s.protocol == 1:
-                raise UsageError(
-                    "PIN entry on a TPDU-level reader with a T=1 card needs the T=1 "
-                    "prologue handled by the pinpad; not supported yet", reader=reader.name,
-                    slot=self.slot)
-            response = reader._secure(s, payload, float(timeout))
+                from ccid.pinpad_t1 import secure_t1  # the T=1 prologue and the card's block
+
+                response = secure_t1(reader, s, payload, len(apdu), float(timeout))
+            else:
+                response = reader._secure(s, payload, float(timeout))
         if len(response) == 2 and response[0] == 0x61 and (
                 reader.descriptor.exchange_level == ExchangeLevel.TPDU):
             # T=0 at TPDU level: the reader hands back 61xx; fetch the rest.
