@@ -830,8 +830,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("scan", "wait for card events and print them (like pcsc_scan)",
              "  ccid scan\n  ccid scan --virtual gemalto-pc-twin --once\n"
-             "  ccid scan --virtual gemalto-pc-twin --simulate 'remove@1 insert@2' --timeout 3\n"
-             "  ccid scan --virtual two-slot --simulate 'insert:1@0.5' --timeout 2\n")
+             "  ccid scan --virtual gemalto-pc-twin --simulate 'remove@0.5 insert@1'"
+             " --timeout 1.5\n"
+             "  ccid scan --virtual two-slot --simulate 'insert:1@0.5' --timeout 1\n")
     virtual_opt(sp)
     sp.add_argument("--once", action="store_true",
                     help="stop after the first reader's slots are shown")

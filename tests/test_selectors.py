@@ -109,3 +109,20 @@ def test_atr_constructor_decodes_bytes() -> None:
         ccid.ATR("3B 00")  # type: ignore[arg-type]
     with pytest.raises(AttributeError):
         atr.raw = b""  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(("platform", "words"), [("darwin", "macOS"), ("win32", "usbccid.sys")])
+@pytest.mark.parametrize("code", [13, 16, 38])  # EACCES, EBUSY, ENOSYS (libusb NOT_SUPPORTED)
+def test_claim_refused_by_the_os_driver_says_so(platform: str, words: str, code: int,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    import usb.core
+
+    from ccid.transport import usb as transport
+
+    monkeypatch.setattr("sys.platform", platform)
+    exc = transport.usb_error(usb.core.USBError("refused", errno=code), "claiming interface 0",
+                              reader="r")
+    assert isinstance(exc, errors.SharingViolationError)
+    assert words in str(exc) and "udev" not in str(exc) and "pcscd" not in str(exc)
+    monkeypatch.setattr("sys.platform", "linux")
+    assert "pcscd" in str(transport.usb_error(usb.core.USBError("busy", errno=16), "claim"))
