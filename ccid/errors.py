@@ -211,3 +211,35 @@ class PinTimeoutError(SlotError, TimeoutError):
 
 
 __all__ += ["PinCancelledError", "PinTimeoutError"]
+
+
+# --- appended by the CLI / public API work (issue 12) ---------------------------------
+
+
+class StatusWordError(CardError):
+    """The card answered with a status word other than success (``ccid.sw.check``).
+
+    Carries ``sw1``, ``sw2``, ``sw`` (``sw1 << 8 | sw2``) and the response ``data``.
+    """
+
+    # PC/SC reports the transmission as a success: the status word is the card's answer
+    pcsc_code = None  # type: ignore[assignment]
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        sw1: int,
+        sw2: int,
+        data: bytes = b"",
+        reader: str | None = None,
+        slot: int | None = None,
+    ) -> None:
+        self.sw1 = sw1
+        self.sw2 = sw2
+        self.sw = sw1 << 8 | sw2
+        self.data = data
+        super().__init__(message, reader=reader, slot=slot)
+
+
+__all__ += ["StatusWordError"]

@@ -317,9 +317,14 @@ def _select(infos: list[ReaderInfo], selector: Any) -> ReaderInfo:
             return infos[selector]
         raise TransportError(f"no reader with index {selector} ({len(infos)} connected)",
                              pcsc_code="SCARD_E_UNKNOWN_READER")
-    match = _VIDPID.match(selector)
-    if match:
-        vid, pid = int(match.group(1), 16), int(match.group(2), 16)
+    try:
+        # the one VID:PID parser (ccid.database.parse_vid_pid): "08E6:3437", "0x08e6:0x3437"
+        from ccid.database import parse_vid_pid
+
+        vid, pid = parse_vid_pid(selector)
+    except UsageError:
+        pass  # not a VID:PID: a serial, path or name
+    else:
         for info in infos:
             if info.vid == vid and info.pid == pid:
                 return info

@@ -64,6 +64,21 @@ _PCSCD_HINT = (
     "the reader's interface is claimed by another process (probably pcscd); stop it with "
     "`sudo systemctl stop pcscd.socket pcscd` or use it through PC/SC"
 )
+# macOS and Windows bind every CCID device to their own smart-card driver, which libusb
+# cannot take over: the error must say so, not suggest pcscd or udev rules
+_OS_DRIVER_HINT = {
+    "darwin": "macOS holds CCID readers in its own smart-card driver (CryptoTokenKit), which "
+              "ccid cannot take over; use the reader through PC/SC (pyscard) on macOS",
+    "win32": "Windows holds CCID readers in its own driver (usbccid.sys, Smart Card service), "
+             "which libusb cannot open; use PC/SC (pyscard), or give a dedicated reader the "
+             "WinUSB driver (Zadig)",
+}
+
+
+def _os_driver_hint() -> str | None:
+    import sys
+
+    return _OS_DRIVER_HINT.get(sys.platform)
 
 _default_backend: Any = None
 _default_lock = threading.Lock()
@@ -112,6 +127,10 @@ def usb_error(exc: BaseException, what: str, *, reader: str | None = None,
     code = getattr(exc, "errno", None)
     if code == errno.ENODEV:
         return ReaderRemovedError(f"{what}: the reader was unplugged", reader=reader, slot=slot)
+    os_hint = _os_driver_hint()
+    if os_hint is not None and code in (errno.EBUSY, errno.EACCES, errno.EPERM, errno.ENOSYS,
+                                        errno.ENOTSUP, errno.EOPNOTSUPP):
+        return SharingViolationError(f"{what}: {os_hint}", reader=reader, slot=slot)
     if code == errno.EBUSY:
         return SharingViolationError(f"{what}: {_PCSCD_HINT}", reader=reader, slot=slot)
     if code == errno.EACCES or code == errno.EPERM:
