@@ -171,3 +171,47 @@ def test_mutated_traces_load_or_raise_trace_format_error(base: str,
         replay(records)
     except CCIDError:
         pass
+
+
+# --- the same kind of trouble elsewhere ----------------------------------------------
+
+
+def test_recording_bad_arguments_gives_usage_errors() -> None:
+    from ccid.errors import UsageError
+
+    with trace.capture():
+        with pytest.raises(UsageError):
+            trace.record("R", "->", 5)  # type: ignore[arg-type]
+        with pytest.raises(UsageError):
+            trace.describe("R", [1, 2])  # type: ignore[arg-type]
+        nested: dict[str, object] = {}
+        nested["self"] = nested
+        with pytest.raises(UsageError):
+            trace.describe("R", nested)
+
+
+def test_summary_reports_a_command_whose_bseq_came_round_unanswered() -> None:
+    def rec(mono: float, direction: str, frame: bytes) -> trace.TraceRecord:
+        return trace.TraceRecord(1e9 + mono, mono, "R", direction, frame, 0)
+
+    records = [rec(0.0, "->", build_frame(0x6B, 0, 7, payload=b"\x01")),  # never answered
+               rec(1.0, "->", build_frame(0x65, 0, 7)),
+               rec(1.1, "<-", build_frame(0x81, 0, 7))]
+    summary = trace.summarize(records)
+    assert [e.command for e in summary.errors] == ["Escape"]
+    assert {c.name for c in summary.calls} == {"GetSlotStatus"}
+
+
+def test_summary_names_after_a_failed_chain() -> None:
+    def rec(mono: float, direction: str, frame: bytes) -> trace.TraceRecord:
+        return trace.TraceRecord(1e9 + mono, mono, "R", direction, frame, 0)
+
+    first = build_t1_block(0, 0x20, bytes.fromhex("00D6000000012C") + b"\xa5" * 10, False)
+    select = build_t1_block(0, 0x40, bytes.fromhex("00A4040002") + b"\x3f\x00", False)
+    records = [rec(0.0, "->", build_frame(0x6F, 0, 1, payload=first)),
+               rec(0.1, "<-", build_frame(0x80, 0, 1, 0x40, 0x00)),  # refused mid-chain
+               rec(0.2, "->", build_frame(0x6F, 0, 2, payload=select)),
+               rec(0.3, "<-", build_frame(0x80, 0, 2, payload=build_t1_block(
+                   0, 0x00, b"\x90\x00", False)))]
+    names = {c.name for c in trace.summarize(records).calls}
+    assert "XfrBlock A4 SELECT" in names

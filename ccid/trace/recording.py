@@ -199,6 +199,8 @@ def record(reader: str, direction: str, data: bytes, *, slot: int | None = None)
     """Record one frame. The transport calls this only when ``ccid.trace.enabled`` is true."""
     if direction not in DIRECTIONS:
         raise UsageError(f"trace direction must be one of {DIRECTIONS}, not {direction!r}")
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise UsageError(f"a traced frame is bytes, not {type(data).__name__}")
     now, mono = time.time(), time.perf_counter()
     raw = bytes(data)
     if slot is None and direction in ("->", "<-") and len(raw) >= 10:
@@ -231,8 +233,13 @@ def describe(reader: str, info: Mapping[str, Any]) -> None:
     package = sys.modules.get("ccid.trace")
     if package is None or not getattr(package, "enabled", False):
         return
+    if not isinstance(info, Mapping):
+        raise UsageError(f"reader facts are a mapping, not {type(info).__name__}")
     now, mono = time.time(), time.perf_counter()
-    clean = json.loads(json.dumps(dict(info), default=str))
+    try:
+        clean = json.loads(json.dumps(dict(info), default=str))
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise UsageError(f"reader facts cannot be recorded: {exc}") from None
     _emit(lambda: TraceRecord(now, mono, reader, META, name="reader", info=clean))
 
 

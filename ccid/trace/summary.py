@@ -218,6 +218,11 @@ def _stats(acc: Mapping[str, list[float]], total: float) -> tuple[CallStat, ...]
     return tuple(out)
 
 
+def _no_reply(cmd: TraceRecord, name: str) -> TraceError:
+    return TraceError(cmd.time, cmd.reader, cmd.data[5], name, None, None,
+                      "no reply recorded (timeout, unplug or end of trace)")
+
+
 def summarize(trace: str | os.PathLike[str] | IO[str] | Iterable[TraceRecord]) -> Summary:
     """Pair each command with its reply and total the time per kind of call."""
     records = load(trace)
@@ -239,8 +244,13 @@ def summarize(trace: str | os.PathLike[str] | IO[str] | Iterable[TraceRecord]) -
         frames += 1
         if d == "->" and len(rec.data) >= 10:
             state = names.setdefault((rec.reader, rec.data[5]), NameState())
-            pending[(rec.reader, rec.data[5], rec.data[6])] = (
-                rec, call_name(rec.data, state, rec.masked))
+            if rec.data[0] in (MessageType.PC_to_RDR_IccPowerOn, MessageType.PC_to_RDR_Abort):
+                state.t1_first = True  # no command can continue over a power-on or abort
+            key = (rec.reader, rec.data[5], rec.data[6])
+            unanswered = pending.pop(key, None)
+            if unanswered is not None:  # its bSeq came round again: it never got a reply
+                errors.append(_no_reply(*unanswered))
+            pending[key] = (rec, call_name(rec.data, state, rec.masked))
         elif d == "<-" and len(rec.data) >= 10:
             key = (rec.reader, rec.data[5], rec.data[6])
             status = rec.data[7]
@@ -255,6 +265,7 @@ def summarize(trace: str | os.PathLike[str] | IO[str] | Iterable[TraceRecord]) -
             cmd, name = entry
             calls.setdefault(name, []).append(max(0.0, rec.mono - cmd.mono))
             if status >> 6 == CommandStatus.FAILED:
+                names[(rec.reader, rec.data[5])] = NameState()  # a chain ends with a failure
                 errors.append(TraceError(rec.time, rec.reader, rec.data[5], name, status,
                                          rec.data[8], describe_error(rec.data[8])))
         elif d == "ctrl->":
@@ -270,9 +281,7 @@ def summarize(trace: str | os.PathLike[str] | IO[str] | Iterable[TraceRecord]) -
             interrupts[label] = interrupts.get(label, 0) + 1
     for _cmd, name in control.values():
         calls.setdefault(name, []).append(0.0)  # OUT requests have no IN data stage
-    for (reader, slot, _seq), (cmd, name) in pending.items():
-        errors.append(TraceError(cmd.time, reader, slot, name, None, None,
-                                 "no reply recorded (timeout, unplug or end of trace)"))
+    errors += [_no_reply(cmd, name) for cmd, name in pending.values()]
     timed = [r for r in records if r.direction != META]
     total = (max(r.mono for r in timed) - min(r.mono for r in timed)) if timed else 0.0
     if total <= 0:
