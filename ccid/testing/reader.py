@@ -215,7 +215,7 @@ class VirtualReader:
     ``responder`` (optional) sees every complete PC_to_RDR frame before the model and
     before armed faults: it returns the RDR_to_PC frames to answer with (time extensions
     first, the final reply last; an empty list leaves the command unanswered), or None to
-    let the model answer. Trace replay (``ccid.trace.replay``) is built on it; tests use
+    let the model answer. Trace replay (``ccid.testing.replay``) is built on it; tests use
     it to script a reader's answers byte for byte.
     """
 
