@@ -125,23 +125,32 @@ class _Worker:
                 if call.state == 2:
                     continue
                 call.state = 1
-            try:
-                value = call.fn(*call.args)
-            except BaseException as exc:
-                ok, value = False, exc
-            else:
-                ok = True
-            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
-                call.loop.call_soon_threadsafe(_settle, call, ok, value)
-            del call, value
+            _Worker._execute(call)
+            del call
+
+    @staticmethod
+    def _execute(call: _Call) -> None:
+        try:
+            value = call.fn(*call.args)
+        except BaseException as exc:
+            ok, value = False, exc
+        else:
+            ok = True
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+            call.loop.call_soon_threadsafe(_settle, call, ok, value)
 
     def submit(self, fn: Callable[..., T], *args: Any) -> tuple[_Call, asyncio.Future[T]]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         call = _Call(loop, future, fn, args)
         if self._stopped:
-            raise RuntimeError("worker stopped")
-        self._queue.put(call)
+            # After close or disconnect the blocking object refuses (UsageError) without
+            # I/O, or does its little I/O: a thread of its own, so the loop never blocks.
+            call.state = 1
+            threading.Thread(target=self._execute, args=(call,), daemon=True,
+                             name=self.thread.name).start()
+        else:
+            self._queue.put(call)
         return call, future
 
     def skip(self, call: _Call) -> bool:
@@ -227,6 +236,7 @@ class Reader:
         self.blocking = blocking
         self._worker = worker
         self._cards: weakref.WeakSet[Card] = weakref.WeakSet()
+        self._inbox: asyncio.Queue[Any] | None = None
         weakref.finalize(self, _stop_worker, worker)
 
     def __repr__(self) -> str:
@@ -274,12 +284,10 @@ class Reader:
         """Close the reader (``Reader.close`` in the worker); safe to repeat."""
         for card in list(self._cards):
             card._worker.stop()
-        if self._worker.thread.is_alive():
-            with contextlib.suppress(RuntimeError):
-                await _run(self._worker, self.blocking.close)
-        else:
-            self.blocking.close()
-        self._worker.stop()
+        try:
+            await _run(self._worker, self.blocking.close)
+        finally:
+            self._worker.stop()
 
     async def slot_status(self, slot: int = 0) -> Any:
         """GetSlotStatus (``Reader.slot_status``)."""
@@ -314,23 +322,30 @@ class Reader:
 
     async def events(self, timeout: float | None = None) -> AsyncGenerator[Any, None]:
         """Yield card events as they come; stops after ``timeout`` seconds without one, or
-        after ReaderRemoved (as ``Reader.events``)."""
+        after ReaderRemoved (as ``Reader.events``).
+
+        From the first call on, the reader's events come here: one thread per reader
+        sleeps in the blocking ``wait_for_event`` and hands each event to the loop.
+        """
         from ccid.events import ReaderRemoved
 
-        async with _forwarding(self.blocking.wait_for_event, ReaderRemoved) as inbox:
-            while True:
-                try:
-                    if timeout is None:
-                        item = await inbox.get()
-                    else:
-                        item = await asyncio.wait_for(inbox.get(), timeout)
-                except asyncio.TimeoutError:
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-                if isinstance(item, ReaderRemoved):
-                    return
+        inbox = self._inbox
+        if inbox is None:
+            inbox = self._inbox = _forward_events(self.blocking.wait_for_event, ReaderRemoved)
+        while True:
+            try:
+                if timeout is None:
+                    item = await inbox.get()
+                else:
+                    item = await asyncio.wait_for(inbox.get(), timeout)
+            except asyncio.TimeoutError:
+                return
+            if isinstance(item, BaseException):
+                inbox.put_nowait(item)  # every later call sees it too
+                raise item
+            yield item
+            if isinstance(item, ReaderRemoved):
+                return
 
 
 def _call_kw(fn: Callable[..., T], **kwargs: Any) -> Callable[..., T]:
@@ -363,38 +378,30 @@ class _Connecting:
 # --- events: the blocking reader's queue, handed to the loop ------------------------------
 
 
-@contextlib.asynccontextmanager
-async def _forwarding(wait: Callable[[float], Any], last: type
-                      ) -> AsyncIterator[asyncio.Queue[Any]]:
-    """A thread that sleeps in ``wait`` (a blocking ``wait_for_event``) and puts each
-    event into an asyncio queue; a CCIDError from ``wait`` is put there too and ends it."""
+def _forward_events(wait: Callable[[float], Any], last: type) -> asyncio.Queue[Any]:
+    """An asyncio queue fed by a thread that sleeps in ``wait`` (the blocking reader's
+    ``wait_for_event``). The thread ends after ``last`` (ReaderRemoved) or an error (the
+    reader was closed), which it puts in the queue too."""
     loop = asyncio.get_running_loop()
     inbox: asyncio.Queue[Any] = asyncio.Queue()
-    stop = threading.Event()
 
     def forward() -> None:
-        while not stop.is_set():
+        while True:
             try:
                 event = wait(EVENT_TICK)
             except CCIDError as exc:
                 event = exc
             if event is None:
                 continue
-            if stop.is_set():
-                return  # the iterator is gone; leave the event to the next reader of it
             try:
                 loop.call_soon_threadsafe(inbox.put_nowait, event)
-            except RuntimeError:
+            except RuntimeError:  # the loop is closed
                 return
             if isinstance(event, BaseException | last):
                 return
 
-    thread = threading.Thread(target=forward, name="ccid-aio events", daemon=True)
-    thread.start()
-    try:
-        yield inbox
-    finally:
-        stop.set()
+    threading.Thread(target=forward, name="ccid-aio events", daemon=True).start()
+    return inbox
 
 
 async def watch(backend: Any = None, interval: float = 0.5, timeout: float | None = None,
@@ -473,11 +480,7 @@ class Card:
 
     async def __aexit__(self, *exc: object) -> None:
         try:
-            if self._worker.thread.is_alive():
-                with contextlib.suppress(RuntimeError):
-                    await _run(self._worker, self.blocking.__exit__, None, None, None)
-            else:
-                self.blocking.__exit__(None, None, None)
+            await _run(self._worker, self.blocking.__exit__, None, None, None)
         finally:
             self._worker.stop()
 
@@ -588,8 +591,7 @@ class Card:
             try:
                 await _run(self._worker, enter)
             except BaseException:
-                with contextlib.suppress(RuntimeError):
-                    self._worker.submit(leave)
+                self._worker.submit(leave)
                 raise
             try:
                 yield self
