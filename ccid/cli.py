@@ -494,12 +494,28 @@ def _print_slot_state(reader: Any, slot: int, number: int, present: bool) -> Non
 
 
 def cmd_trace(args: argparse.Namespace) -> int:
-    from ccid import trace
+    """Summarise a trace file (or replay it with ``--replay``).
 
-    records = trace.load(args.file)
+    ``--json`` prints :meth:`ccid.trace.Summary.as_dict` with ``"file"`` added: ``{"file":
+    str, "total_time": float, "frames": int, "calls": [CALL], "api": [CALL], "errors":
+    [ERROR], "interrupts": [{"name": str, "count": int}]}``, CALL ``{"name", "count",
+    "total", "percent", "min", "max"}``, ERROR ``{"time", "reader", "slot", "command",
+    "bStatus", "bError", "text"}``. A file with no trace record in it, or a malformed one,
+    is an error (exit 1, one line).
+    """
+    from ccid import trace
+    from ccid.errors import TraceFormatError
+
+    try:
+        records = trace.load(args.file)
+    except TraceFormatError as exc:
+        raise CLIError(f"{args.file}: {exc}") from None
+    if not any(r.direction in trace.DIRECTIONS for r in records):
+        raise CLIError(f"{args.file}: nothing in this file is a CCID trace "
+                       "(no frame line, JSON record or pcscd/libccid frame)")
     summary = trace.summarize(records)
     if args.json and not args.replay:
-        _emit_json({"summary": str(summary)})
+        _emit_json({"file": str(args.file), **summary.as_dict()})
     elif not args.replay:
         print(summary)
     if args.replay:
@@ -512,9 +528,13 @@ def _replay(records: list[Any], as_json: bool) -> int:
     and compare its answers with the recorded ones."""
     import usb.core
 
-    from ccid import trace
+    from ccid.errors import TraceFormatError
+    from ccid.testing.replay import replay
 
-    backend = trace.replay(records)
+    try:
+        backend = replay(records)
+    except TraceFormatError as exc:
+        raise CLIError(str(exc)) from None
     vreader = backend.readers[0]
     dev = usb.core.find(backend=backend)
     if dev is None:
@@ -534,6 +554,8 @@ def _replay(records: list[Any], as_json: bool) -> int:
             exchanges[-1][1].append(rec)
     compared = mismatched = 0
     for command, replies in exchanges:
+        if not replies:
+            continue  # never answered when recorded: nothing to compare
         dev.write(out_ep, command, 2000)
         for want in replies:
             try:

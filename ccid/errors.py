@@ -180,7 +180,7 @@ class SharingViolationError(TransportError):
 class DatabaseError(CCIDError):
     """``readers.yaml`` (or a user database) is malformed."""
 
-    pcsc_code = None
+    pcsc_code: str | None = None
 
 
 # --- appended by the reader-session work (issue 4) ------------------------------------
@@ -211,3 +211,28 @@ class PinTimeoutError(SlotError, TimeoutError):
 
 
 __all__ += ["PinCancelledError", "PinTimeoutError"]
+
+
+# --- traces ---------------------------------------------------------------------------
+
+
+class TraceFormatError(UsageError, ValueError):
+    """A trace file (or trace text) is malformed, or holds nothing that is a trace.
+
+    ``line`` is the 1-based line number of the offending record when there is one.
+    """
+
+    def __init__(self, message: str, *, line: int | None = None,
+                 reader: str | None = None) -> None:
+        self.line = line
+        where = f"trace line {line}: " if line is not None else ""
+        super().__init__(f"{where}{message}", reader=reader)
+
+
+class TraceReplayError(ReaderError):
+    """A replayed trace has no recorded answer for the command the program sent."""
+
+    pcsc_code = "SCARD_E_UNSUPPORTED_FEATURE"
+
+
+__all__ += ["TraceFormatError", "TraceReplayError"]

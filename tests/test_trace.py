@@ -424,6 +424,7 @@ def run_session(backend: object, protocol: str | None = None) -> tuple[bytes, li
 def test_session_traced_summarised_and_replayed(tmp_path: Path, name: str,
                                                 protocol: str | None) -> None:
     from ccid.testing import preset
+    from ccid.testing.replay import replay
 
     path = tmp_path / "session.jsonl"
     trace.enable(path)
@@ -449,14 +450,14 @@ def test_session_traced_summarised_and_replayed(tmp_path: Path, name: str,
     assert str(summary).startswith("Results sorted by total execution time")
 
     # replayed into a virtual reader: the same answers, random ones included
-    backend = trace.replay(path)
+    backend = replay(path)
     replay_atr, replay_answers = run_session(backend, protocol)
     assert replay_atr == atr
     assert replay_answers == answers
     script = backend.readers[0].replay
     assert script.unmatched == []
     # a program that departs from the recorded path is told so, not answered by chance
-    backend2 = trace.replay(path)
+    backend2 = replay(path)
     import ccid
 
     with ccid.open_reader(backend=backend2, quirks=False) as reader:
