@@ -17,6 +17,7 @@ package with one violation of each rule.
 from __future__ import annotations
 
 import ast
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,7 +48,6 @@ REGISTRIES: dict[str, str] = {
 #: Violations on main that other branches are removing: (rule, importer, imported).
 #: A violation not listed here fails the suite.
 KNOWN: dict[tuple[str, str, str], str] = {
-    ("testing", "ccid.trace", "ccid.testing"): "replay() moves into ccid.testing",
     ("cycle", "ccid.events", "ccid.reader"): "the session core's event sink breaks it",
     ("cycle", "ccid.reader", "ccid.events"): "the session core's event sink breaks it",
 }
@@ -272,11 +272,13 @@ def test_ccid_keeps_its_layers() -> None:
     assert not new, "import layering broken:\n" + _report(new)
 
 
-def test_known_violations_are_still_reported() -> None:
-    # Keep KNOWN honest: an entry that is no longer found must be deleted from it.
+def test_fixed_known_violations_are_pointed_out() -> None:
+    # KNOWN must shrink as the fixes land: an entry no longer found is reported (a
+    # warning, not a failure, so that branches fixing them can land in any order).
     found = {v.key for v in check(ROOT / "ccid")}
-    gone = [key for key in KNOWN if key not in found]
-    assert not gone, f"fixed, delete from KNOWN: {gone}"
+    for key in KNOWN:
+        if key not in found:
+            warnings.warn(f"layering: {key} is fixed; delete it from KNOWN", stacklevel=1)
 
 
 def test_deferred_reasons_name_real_imports() -> None:
