@@ -211,3 +211,16 @@ class PinTimeoutError(SlotError, TimeoutError):
 
 
 __all__ += ["PinCancelledError", "PinTimeoutError"]
+
+
+# --- appended by the session hardening work (issues 11, 12) ---------------------------
+
+
+class OperationCancelledError(CCIDError):
+    """``Card.cancel()`` ended the call from another thread (the command was aborted; the
+    reader and the card stay usable)."""
+
+    pcsc_code = "SCARD_E_CANCELLED"
+
+
+__all__ += ["OperationCancelledError"]
