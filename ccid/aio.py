@@ -67,6 +67,8 @@ T = TypeVar("T")
 #: How long a cancelled call waits for its worker to finish the abort (the blocking
 #: library's ABORT procedure is bounded by its own ABORT_WAIT; this is a safety net).
 CANCEL_WAIT = 5.0
+#: How often a cancelled caller repeats ``cancel()`` while its call has not ended.
+CANCEL_RETRY = 0.1
 #: The event forwarder's longest sleep in the reader's event queue. Events are handed on
 #: the moment they are queued; the wake-up only notices an iterator that was dropped.
 EVENT_TICK = 1.0
@@ -182,11 +184,15 @@ async def _run(worker: _Worker, fn: Callable[..., T], *args: Any,
         return await future
     except asyncio.CancelledError:
         if not worker.skip(call) and not call.ended:
-            if on_cancel is not None:
-                on_cancel()
-            call.on_end = call.loop.create_future()
-            with contextlib.suppress(asyncio.CancelledError, asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.shield(call.on_end), CANCEL_WAIT)
+            call.on_end = ended = call.loop.create_future()
+            deadline = call.loop.time() + CANCEL_WAIT
+            # ``cancel()`` only reaches a call that has begun: one that the worker has
+            # taken but not yet started is asked again, every CANCEL_RETRY seconds.
+            while not ended.done() and call.loop.time() < deadline:
+                if on_cancel is not None:
+                    on_cancel()
+                with contextlib.suppress(asyncio.CancelledError, asyncio.TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(ended), CANCEL_RETRY)
         raise
 
 
