@@ -30,7 +30,8 @@ CORE = ("ccid.messages", "ccid.descriptor", "ccid.framing", "ccid._fast", "ccid.
 NOT_IN_CORE = ("ccid.transport", "ccid.reader", "ccid.events", "ccid.session", "ccid.aio",
                "ccid.serve", "ccid.cli", "usb", "libusb_package")
 TESTING = "ccid.testing"
-MAY_IMPORT_TESTING = ("ccid.testing", "ccid.cli")
+# ccid.serve.cli: ``ccid serve --virtual`` serves virtual readers (it is a CLI too).
+MAY_IMPORT_TESTING = ("ccid.testing", "ccid.cli", "ccid.serve.cli")
 ENTRY_POINTS = ("ccid.cli", "ccid.serve")
 MAY_IMPORT_ENTRY_POINTS = ("ccid.cli", "ccid.__main__", "ccid.serve")
 NOT_IN_ENGINE = ("ccid.quirks", "ccid.database")
@@ -50,6 +51,12 @@ REGISTRIES: dict[str, str] = {
 KNOWN: dict[tuple[str, str, str], str] = {
     ("cycle", "ccid.events", "ccid.reader"): "the session core's event sink breaks it",
     ("cycle", "ccid.reader", "ccid.events"): "the session core's event sink breaks it",
+    # Function-level cycles on main since the ICCD work (not on this branch yet): a fix,
+    # or a reason in DEFERRED, belongs to their owners.
+    ("cycle", "ccid.testing.backend", "ccid.testing.iccd"): "ICCD virtual device",
+    ("cycle", "ccid.testing.iccd", "ccid.testing.backend"): "ICCD virtual device",
+    ("cycle", "ccid.transport.iccd", "ccid.transport.usb"): "ICCD control-pipe transport",
+    ("cycle", "ccid.transport.usb", "ccid.transport.iccd"): "ICCD control-pipe transport",
 }
 
 
