@@ -267,3 +267,16 @@ class TraceReplayError(ReaderError):
 
 
 __all__ += ["TraceFormatError", "TraceReplayError"]
+
+
+# --- appended by the session hardening work (issues 11, 12) ---------------------------
+
+
+class OperationCancelledError(CCIDError):
+    """``Card.cancel()`` ended the call from another thread (the command was aborted; the
+    reader and the card stay usable)."""
+
+    pcsc_code = "SCARD_E_CANCELLED"
+
+
+__all__ += ["OperationCancelledError"]
