@@ -26,7 +26,8 @@ DOCS = ROOT / "docs"
 EXAMPLE_PAGES = ("quickstart.md", "testing.md")
 #: Modules whose ``__all__`` the API reference must cover, and the page that covers it.
 PUBLIC = {"ccid": "api/ccid.html", "ccid.errors": "api/errors.html",
-          "ccid.testing": "api/testing.html", "ccid.trace": "api/trace.html", "ccid.sw": "api/sw.html"}
+          "ccid.testing": "api/testing.html", "ccid.trace": "api/trace.html",
+          "ccid.sw": "api/sw.html"}
 
 
 def _sphinx_missing() -> str | None:
