@@ -24,19 +24,25 @@ _LAZY: dict[str, str] = {
     "lookup": "ccid.database",
     "is_supported": "ccid.database",
     "support_status": "ccid.database",
+    "parse_vid_pid": "ccid.database",
+    "CardError": "ccid.errors",
+    "CCIDError": "ccid.errors",
+    "StatusWordError": "ccid.errors",
+    "UsageError": "ccid.errors",
 }
 
 # submodules reachable as attributes after a bare `import ccid` (ccid.trace.enable(...))
-_SUBMODULES = ("errors", "trace", "testing", "database", "events")
+_SUBMODULES = ("errors", "trace", "testing", "database", "events", "sw")
 
 __all__ = [
-    "ATR", "Card", "Reader", "ReaderInfo", "__version__", "database", "errors", "events",
-    "is_supported", "list_readers", "lookup", "open_reader", "parse_atr", "support_status",
-    "testing", "trace", "watch",
+    "ATR", "CCIDError", "Card", "CardError", "Reader", "ReaderInfo", "StatusWordError",
+    "UsageError", "__version__", "database", "errors", "events", "is_supported",
+    "list_readers", "lookup", "open_reader", "parse_atr", "parse_vid_pid", "support_status",
+    "sw", "testing", "trace", "watch",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ccid import database, errors, events, testing, trace
+    from ccid import database, errors, events, sw, testing, trace
 
 
 def __getattr__(name: str) -> Any:

@@ -1,6 +1,8 @@
 """The ``ccid`` command: list, scan, parse, send, atr, supported, udev-rules, trace, virtual.
 
-Exit codes: 0 ok, 1 failure (a reader, card or file said no), 2 usage error.
+Exit codes: 0 ok, 1 failure (a reader, card or file said no), 2 usage error, 70 a bug in
+ccid (reported in one line; ``-v`` adds the traceback), 130 interrupted, 141 output pipe
+closed (``ccid list | head``).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ import argparse
 import contextlib
 import json
 import logging
+import math
 import os
 import sys
 import threading
@@ -23,16 +26,29 @@ EXAMPLES = """\
 examples:
   ccid demo                                  # first reader, or the virtual one if none
   ccid list --virtual gemalto-pc-twin
-  ccid scan --virtual gemalto-pc-twin --once
-  ccid send --virtual gemalto-pc-twin 00A4040007A0000002471001 0084000008
+  ccid scan --virtual two-slot --once
+  ccid send --virtual gemalto-pc-twin 00A4040006A000000018FF 0084000008
+  ccid send --virtual gemalto-pc-twin 00 84 00 00 08
   ccid parse --virtual ct700 --json
   ccid atr "3B 8F 80 01 80 4F 0C A0 00 00 03 06 03 00 01 00 00 00 00 6A"
   ccid supported 08E6:3437
-  ccid udev-rules --uaccess -o 92_pcscd_ccid.rules
+  ccid udev-rules --uaccess -o 70-ccid-uaccess.rules
+  ccid --trace session.jsonl send --virtual gemalto-pc-twin 0084000008
   ccid trace session.jsonl --replay
+
+-v, --trace FILE and --json go before or after the command. `ccid COMMAND --help` says
+what each --json output holds.
 """
 
 log = logging.getLogger("ccid.cli")
+
+#: The subcommands with a --json output (the others refuse a global --json).
+JSON_COMMANDS = ("list", "parse", "dump-descriptor", "send", "atr", "supported", "trace",
+                 "virtual")
+
+EXIT_BUG = 70
+EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141
 
 
 class CLIError(Exception):
@@ -47,24 +63,42 @@ def _hex(data: bytes) -> str:
 
 
 def _parse_hex(text: str) -> bytes:
-    cleaned = "".join(text.replace(":", " ").split())
-    try:
-        return bytes.fromhex(cleaned)
-    except ValueError:
-        raise UsageError(f"not hexadecimal: {text!r}") from None
+    from ccid.sw import from_hex
+
+    return from_hex(text)
 
 
 def _parse_vid_pid(text: str) -> tuple[int, int]:
-    try:
-        vid_s, pid_s = text.split(":")
-        return int(vid_s, 16), int(pid_s, 16)
-    except ValueError:
-        raise UsageError(f"expected VID:PID in hex, e.g. 08E6:3437, got {text!r}") from None
+    from ccid.database import parse_vid_pid
+
+    return parse_vid_pid(text)
 
 
 def _emit_json(data: Any) -> None:
-    json.dump(data, sys.stdout, indent=2, default=str)
+    # no default=: anything not JSON data is a bug to catch in the tests, not a repr to print
+    json.dump(data, sys.stdout, indent=2)
     sys.stdout.write("\n")
+
+
+def _seconds(text: str) -> float:
+    """argparse type: a finite, non-negative number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"seconds must be finite and >= 0, got {text!r}")
+    return value
+
+
+def _slot_number(text: str) -> int:
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a slot number: {text!r}") from None
+    if not 0 <= value <= 255:
+        raise argparse.ArgumentTypeError(f"slot numbers are 0..255, got {text!r}")
+    return value
 
 
 def _backend(args: argparse.Namespace) -> Any:
@@ -95,45 +129,23 @@ def _virtual_reader(args: argparse.Namespace) -> Any:
 
 
 def _sw_text(sw1: int, sw2: int) -> str:
-    table = {
-        0x90: "success",
-        0x61: f"{sw2} bytes still available (GET RESPONSE)",
-        0x62: "warning: state unchanged",
-        0x63: (f"verification failed, {sw2 & 0x0F} tries left"
-               if sw2 & 0xF0 == 0xC0 else "warning: state changed"),
-        0x64: "execution error, state unchanged",
-        0x65: "execution error, memory changed",
-        0x67: "wrong length",
-        0x68: "function in CLA not supported",
-        0x69: {0x82: "security status not satisfied", 0x83: "authentication blocked",
-               0x84: "reference data not usable", 0x85: "conditions of use not satisfied",
-               0x86: "command not allowed (no current EF)"}.get(sw2, "command not allowed"),
-        0x6A: {0x80: "incorrect data", 0x81: "function not supported",
-               0x82: "file or application not found", 0x86: "incorrect P1 P2",
-               0x88: "referenced data not found"}.get(sw2, "wrong parameters P1 P2"),
-        0x6B: "wrong parameters P1 P2",
-        0x6C: f"wrong Le: exact length is {sw2}",
-        0x6D: "instruction not supported",
-        0x6E: "class not supported",
-        0x6F: "no precise diagnosis",
-    }
-    if sw1 == 0x90 and sw2 == 0x00:
-        return "success"
-    text = table.get(sw1)
-    return text if isinstance(text, str) else "unknown status"
+    from ccid.sw import describe
+
+    return describe(sw1 << 8 | sw2)
 
 
 # --- subcommands -----------------------------------------------------------------------
 
 
 def cmd_atr(args: argparse.Namespace) -> int:
-    from ccid.protocol.atr import parse_atr
+    from ccid.protocol.atr import ATR
 
     raw = _parse_hex(" ".join(args.atr))
-    atr = parse_atr(raw, check_tck=False)
+    atr = ATR(raw, check_tck=False)
     if args.json:
-        _emit_json({"atr": raw.hex(), "tck_ok": atr.tck_ok,
-                    "protocols": list(atr.protocols), "description": atr.describe()})
+        _emit_json({"atr": raw.hex(), "convention": atr.convention, "tck_ok": atr.tck_ok,
+                    "protocols": list(atr.protocols), "historical": atr.historical.hex(),
+                    "description": atr.describe()})
     else:
         print(f"ATR: {_hex(raw)}")
         for line in atr.describe():
@@ -147,90 +159,115 @@ def cmd_supported(args: argparse.Namespace) -> int:
     from ccid import database
 
     if args.name:
-        entries = database.find_by_name(args.name)
-        rows = [_entry_dict(e) for e in entries]
+        if args.vid_pid:
+            raise UsageError("give VID:PID or --name PATTERN, not both")
+        rows = [_entry_json(e) for e in database.find_by_name(args.name)]
         if args.json:
             _emit_json(rows)
         else:
             for row in rows:
-                print(f"{row['vid_pid']}  {row['status']:<12} {row['name']}")
+                print(f"{row['vid_pid']}  {row['status']:<14} {row['name']}")
             print(f"{len(rows)} reader(s) match {args.name!r}")
         return 0 if rows else 1
     if not args.vid_pid:
         raise UsageError("give VID:PID or --name PATTERN")
     vid, pid = _parse_vid_pid(args.vid_pid)
     answer = database.support_status(vid, pid)
-    entry = database.lookup(vid, pid)
     ok = database.is_supported(vid, pid)
-    data: dict[str, Any] = {"vid_pid": f"{vid:04X}:{pid:04X}", "supported": ok,
-                            "answer": _answer_dict(answer)}
-    if entry is not None:
-        data["entry"] = _entry_dict(entry)
-        quirks = database.quirks_for(vid, pid)
-        data["quirks"] = [{"id": q.id, "description": q.description} for q in quirks]
+    entry = answer.entry
+    data: dict[str, Any] = {
+        "vid_pid": f"{vid:04X}:{pid:04X}", "vid": vid, "pid": pid, "supported": ok,
+        "status": _status_name(answer.status), "reason": answer.reason,
+        "message": answer.message,
+        "entry": None if entry is None else _entry_json(entry),
+        "quirks": [{"id": q.id, "description": q.description}
+                   for q in database.quirks_for(vid, pid)] if entry is not None else [],
+    }
     if args.json:
         _emit_json(data)
     else:
-        print(f"{vid:04X}:{pid:04X}: {_answer_text(answer)}")
+        print(f"{data['vid_pid']}: {answer.message}")
         if entry is not None:
-            for key, value in _entry_dict(entry).items():
-                if value not in (None, [], ""):
+            for key, value in data["entry"].items():
+                if value not in (None, [], "") and key not in ("vid", "pid", "vid_pid"):
                     print(f"  {key}: {value}")
             for q in data["quirks"]:
                 print(f"  quirk {q['id']}: {q['description']}")
     return 0 if ok else 1
 
 
-def _answer_dict(answer: Any) -> dict[str, Any]:
-    if hasattr(answer, "__dataclass_fields__"):
-        from dataclasses import asdict
-
-        out = asdict(answer)
-        return {k: (v.name if hasattr(v, "name") else v) for k, v in out.items()}
-    return {"status": str(answer)}
+def _status_name(status: Any) -> str:
+    return str(status.name).lower()
 
 
-def _answer_text(answer: Any) -> str:
-    status = getattr(answer, "status", answer)
-    name = getattr(status, "name", str(status)).replace("_", " ").lower()
-    reason = getattr(answer, "reason", None) or getattr(answer, "message", None)
-    return f"{name}" + (f" ({reason})" if reason else "")
+def _flag_names(value: Any, names: dict[str, str] | None = None) -> list[str] | None:
+    if value is None:
+        return None
+    return [(names or {}).get(m.name, m.name.lower()) for m in type(value) if m in value]
 
 
-def _entry_dict(entry: Any) -> dict[str, Any]:
-    if hasattr(entry, "__dataclass_fields__"):
-        from dataclasses import fields
+_PROTOCOL_NAMES = {"T0": "T=0", "T1": "T=1"}
+_VOLTAGE_NAMES = {"V5_0": "5.0V", "V3_0": "3.0V", "V1_8": "1.8V"}
 
-        out: dict[str, Any] = {}
-        for f in fields(entry):
-            value = getattr(entry, f.name)
-            if hasattr(value, "name") and not isinstance(value, str):
-                value = value.name
-            out[f.name] = value
-        out.setdefault("vid_pid", f"{out.get('vid', 0):04X}:{out.get('pid', 0):04X}")
-        out["status"] = str(out.get("status", "")).lower()
-        return json.loads(json.dumps(out, default=str))  # type: ignore[no-any-return]
-    return {"entry": str(entry), "vid_pid": "", "status": "", "name": str(entry)}
+
+def _entry_json(entry: Any) -> dict[str, Any]:
+    """A database entry as JSON data: enums by name, flags as lists, bytes as hex."""
+    level = entry.exchange_level
+    raw = entry.raw_descriptor
+    return {
+        "vid_pid": entry.id, "vid": entry.vid, "pid": entry.pid, "name": entry.name,
+        "vendor": entry.vendor, "status": _status_name(entry.status),
+        "supported": entry.supported, "section": entry.section, "line": entry.line,
+        "aliases": list(entry.aliases), "note": entry.note, "quirks": list(entry.quirks),
+        "min_firmware": entry.min_firmware, "dump": entry.dump, "bcd_device": entry.bcd_device,
+        "manufacturer": entry.manufacturer, "product": entry.product,
+        "interface_count": entry.interface_count,
+        "interface_numbers": list(entry.interface_numbers),
+        "interface_class": entry.interface_class,
+        "interface_subclass": entry.interface_subclass,
+        "interface_protocol": entry.interface_protocol, "has_interrupt": entry.has_interrupt,
+        "ccid_version": entry.ccid_version,
+        "exchange_level": None if level is None else level.name.lower(),
+        "protocols": _flag_names(entry.protocols, _PROTOCOL_NAMES),
+        "voltages": _flag_names(entry.voltages, _VOLTAGE_NAMES),
+        "pin_support": _flag_names(entry.pin_support),
+        "features": _flag_names(entry.features),
+        "slots": entry.slots, "max_message_length": entry.max_message_length,
+        "max_ifsd": entry.max_ifsd,
+        "lcd_layout": None if entry.lcd_layout is None else list(entry.lcd_layout),
+        "default_clock_khz": entry.default_clock_khz, "max_clock_khz": entry.max_clock_khz,
+        "clocks_khz": list(entry.clocks_khz), "default_data_rate": entry.default_data_rate,
+        "max_data_rate": entry.max_data_rate, "data_rates": list(entry.data_rates),
+        "raw_descriptor": None if raw is None else raw.hex(),
+    }
 
 
 def cmd_udev_rules(args: argparse.Namespace) -> int:
     from ccid import udev
 
-    text = udev.render_rules(uaccess=args.uaccess)
+    text = udev.render_rules(uaccess=args.uaccess, group=args.group)
     if args.install:
+        if args.output:
+            raise UsageError("--install writes into --rules-dir; -o writes a file: pick one")
         target_dir = args.rules_dir
-        # the uaccess tag is acted on by systemd's 73-seat-late.rules: sort before it
-        name = "70-ccid-uaccess.rules" if args.uaccess else "92_pcscd_ccid.rules"
-        target = os.path.join(target_dir, name)
-        if not os.path.isdir(target_dir) or not os.access(target_dir, os.W_OK):
-            raise CLIError(f"cannot write {target}: run as root (sudo ccid udev-rules --install)"
-                           " on a system with udev")
+        target = os.path.join(target_dir, udev.filename(args.uaccess))
+        if not os.path.isdir(target_dir):
+            raise CLIError(f"cannot install {target}: the directory {target_dir} does not "
+                           "exist (is udev installed? --rules-dir names another one)")
+        if not os.access(target_dir, os.W_OK):
+            raise CLIError(f"cannot write {target}: permission denied "
+                           "(run as root: sudo ccid udev-rules --install)")
         with open(target, "w", encoding="utf-8") as fh:
             fh.write(text)
         print(f"wrote {target}")
-        print("reload with: sudo udevadm control --reload-rules && sudo udevadm trigger")
+        if args.group == udev.DEFAULT_GROUP:
+            print("group pcscd: pcsc-lite 2.4.0+ creates it; elsewhere: "
+                  "sudo groupadd --system pcscd")
+        print(f'then: sudo usermod -aG {args.group} "$USER" (log in again), and reload with: '
+              "sudo udevadm control --reload && sudo udevadm trigger --subsystem-match=usb")
         return 0
     if args.output:
+        _warn_rules_name(args.output, args.uaccess)
         with open(args.output, "w", encoding="utf-8") as fh:
             fh.write(text)
         print(f"wrote {args.output}", file=sys.stderr)
@@ -239,15 +276,28 @@ def cmd_udev_rules(args: argparse.Namespace) -> int:
     return 0
 
 
+def _warn_rules_name(path: str, uaccess: bool) -> None:
+    from ccid import udev
+
+    name = os.path.basename(path)
+    if uaccess and name >= "73":
+        print(f"ccid: warning: install uaccess rules under a name sorting before 73 (systemd's "
+              f"73-seat-late.rules acts on the tag), e.g. {udev.UACCESS_FILENAME}, not {name}",
+              file=sys.stderr)
+    if name == udev.LIBCCID_FILENAME:
+        print(f"ccid: warning: {name} is libccid's file name: installed in /etc/udev/rules.d "
+              f"it hides the distribution's; use {udev.filename(uaccess)}", file=sys.stderr)
+
+
 def cmd_virtual(args: argparse.Namespace) -> int:
     from ccid.testing import presets
 
-    items = presets.PRESETS
+    rows = [{"name": name, "description": desc} for name, desc in presets.PRESETS.items()]
     if args.json:
-        _emit_json({name: str(desc) for name, desc in items.items()})
+        _emit_json(rows)
     else:
-        for name, desc in items.items():
-            print(f"{name:<20} {desc}")
+        for row in rows:
+            print(f"{row['name']:<20} {row['description']}")
     return 0
 
 
@@ -282,12 +332,16 @@ def cmd_list(args: argparse.Namespace) -> int:
         return 1
     rows = []
     for index, info in enumerate(infos):
-        row = _info_dict(info)
-        row["database"] = _answer_text(database.support_status(row["vid"], row["pid"]))
+        row: dict[str, Any] = {"index": index, **_info_dict(info)}
+        answer = database.support_status(row["vid"], row["pid"])
+        row["database"] = {"status": _status_name(answer.status), "reason": answer.reason,
+                           "message": answer.message}
+        row["exchange_level"] = None
+        row["error"] = None
         slots: list[dict[str, Any]] = []
         try:
-            with ccid.open_reader(index, backend=args._virtual_backend
-                                  if getattr(args, "_virtual_backend", None) else None) as reader:
+            with ccid.open_reader(info, backend=getattr(args, "_virtual_backend", None)
+                                  ) as reader:
                 row["exchange_level"] = reader.descriptor.exchange_level.name.lower()
                 for slot in range(reader.descriptor.slot_count):
                     slots.append(_slot_info(reader, slot))
@@ -298,70 +352,105 @@ def cmd_list(args: argparse.Namespace) -> int:
     if args.json:
         _emit_json(rows)
         return 0
-    for index, row in enumerate(rows):
-        print(f"{index}: {row['name']}")
+    for row in rows:
+        print(f"{row['index']}: {row['name']}")
         print(f"   {row['vid_pid']}  serial {row['serial'] or '-'}  path {row['usb_path']}"
-              f"  slots {row['slots']}  {row.get('exchange_level', '?')}")
-        print(f"   database: {row['database']}")
-        if "error" in row:
+              f"  slots {row['slots']}  {row['exchange_level'] or '?'}")
+        print(f"   database: {row['database']['message']}")
+        if row["error"]:
             print(f"   error: {row['error']}")
         for s in row["slot_states"]:
             state = "card present" if s["present"] else "no card"
-            atr = f"  ATR: {s['atr']}" if s.get("atr") else ""
-            err = f"  ({s['error']})" if s.get("error") else ""
-            print(f"   slot {s['slot']}: {state}{atr}{err}")
+            atr = f"  ATR: {s['atr']}" if s["atr"] else ""
+            err = f"  ({s['error']})" if s["error"] else ""
+            print(f"   slot {s['slot']} ({s['name']}): {state}{atr}{err}")
     return 0
 
 
 def _slot_info(reader: Any, slot: int) -> dict[str, Any]:
-    present = reader.slot_status(slot) != ICCStatus.ABSENT
-    info: dict[str, Any] = {"slot": slot, "present": present}
-    if info["present"]:
-        try:
+    names = reader.info.slot_names
+    info: dict[str, Any] = {"slot": slot, "name": names[slot] if slot < len(names) else None,
+                            "present": False, "atr": None, "protocol": None, "error": None}
+    try:
+        info["present"] = reader.slot_status(slot) != ICCStatus.ABSENT
+        if info["present"]:
             with reader.connect(slot=slot) as card:
                 info["atr"] = _hex(bytes(card.atr))
-                info["protocol"] = card.protocol
-        except CCIDError as exc:
-            info["error"] = str(exc)
+                info["protocol"] = str(card.protocol)
+    except CCIDError as exc:
+        info["error"] = str(exc)
     return info
+
+
+def _selector(text: str | None) -> Any:
+    """The CLI's --reader: an index when all digits, else what open_reader matches."""
+    if text is not None and text.strip().isdigit():
+        return int(text)
+    return text
 
 
 def _open(args: argparse.Namespace) -> Any:
     import ccid
 
     backend = _backend(args)
-    selector = args.reader
-    if selector is not None and selector.isdigit():
-        selector = int(selector)
     if backend is None and not ccid.list_readers():
         raise CLIError(_no_reader_message())
-    return ccid.open_reader(selector, backend=backend)
+    return ccid.open_reader(_selector(args.reader), backend=backend)
+
+
+def _join_apdus(tokens: Sequence[str]) -> list[bytes]:
+    """Each argument is one APDU; consecutive one-byte arguments (``00 84 00 00 08``) are
+    joined into one, as ``ccid atr`` joins its arguments."""
+    apdus: list[bytes] = []
+    run: list[bytes] = []
+    for token in tokens:
+        value = _parse_hex(token)
+        if len(value) == 1:
+            run.append(value)
+            continue
+        if run:
+            apdus.append(b"".join(run))
+            run = []
+        apdus.append(value)
+    if run:
+        apdus.append(b"".join(run))
+    for apdu in apdus:
+        if len(apdu) < 4:
+            raise UsageError(f"APDU {_hex(apdu) or '(empty)'}: at least CLA INS P1 P2 (4 bytes)")
+    return apdus
 
 
 def cmd_send(args: argparse.Namespace) -> int:
-    apdus = [_parse_hex(a) for a in args.apdu]
+    apdus = _join_apdus(args.apdu)
+    if args.mode == "direct":
+        raise UsageError("--mode direct reaches the reader without powering the card, so it "
+                         "cannot send APDUs: use shared (the default) or exclusive")
     protocols = {"T0": "T=0", "T1": "T=1", "T=0": "T=0", "T=1": "T=1"}
     protocol = protocols.get((args.protocol or "").upper())
-    results = []
+    exchanges = []
     with _open(args) as reader, reader.connect(slot=args.slot, protocol=protocol,
                                                mode=args.mode) as card:
+        atr = bytes(card.atr)
         if not args.json:
             print(f"Reader: {reader.name}")
-            print(f"ATR: {_hex(bytes(card.atr))}  protocol {card.protocol}")
+            print(f"ATR: {_hex(atr)}  protocol {card.protocol}")
         for apdu in apdus:
             t0 = time.perf_counter()
             resp = card.transmit(apdu)
             ms = (time.perf_counter() - t0) * 1000
             sw1, sw2 = (resp[-2], resp[-1]) if len(resp) >= 2 else (0, 0)
-            results.append({"command": apdu.hex(), "response": resp.hex(),
-                            "sw": f"{sw1:02X}{sw2:02X}", "meaning": _sw_text(sw1, sw2),
-                            "ms": round(ms, 3)})
+            exchanges.append({"command": apdu.hex(), "response": resp.hex(),
+                              "data": resp[:-2].hex(), "sw": f"{sw1:02X}{sw2:02X}",
+                              "meaning": _sw_text(sw1, sw2), "ms": round(ms, 3)})
             if not args.json:
                 print(f"> {_hex(apdu)}")
                 print(f"< {_hex(resp[:-2])}" if len(resp) > 2 else "<")
                 print(f"  SW {sw1:02X} {sw2:02X}: {_sw_text(sw1, sw2)}  ({ms:.1f} ms)")
+        name = reader.name
+        proto = str(card.protocol)
     if args.json:
-        _emit_json(results)
+        _emit_json({"reader": name, "slot": args.slot, "atr": atr.hex(), "protocol": proto,
+                    "exchanges": exchanges})
     return 0
 
 
@@ -371,14 +460,17 @@ def cmd_parse(args: argparse.Namespace) -> int:
 
     backend = _backend(args)
     infos = ccid.list_readers(backend=backend)
-    if args.reader is not None:
-        infos = [i for n, i in enumerate(infos) if _match(args.reader, n, i)]
     if not infos:
         raise CLIError(_no_reader_message())
-    reports = []
-    for info in infos:
-        with ccid.open_reader(info.usb_path, backend=backend) as reader:
-            reports.append(reader.report())
+    if args.reader is not None:
+        # the same selection as send and open_reader ("no reader with index 1", ...)
+        with ccid.open_reader(_selector(args.reader), backend=backend) as reader:
+            reports = [reader.report()]
+    else:
+        reports = []
+        for info in infos:
+            with ccid.open_reader(info, backend=backend) as reader:
+                reports.append(reader.report())
     if args.json:
         _emit_json([report_as_dict(r) for r in reports])
     else:
@@ -388,50 +480,70 @@ def cmd_parse(args: argparse.Namespace) -> int:
     return 0
 
 
-def _match(selector: str, index: int, info: Any) -> bool:
-    if selector.isdigit():
-        return int(selector) == index
-    low = selector.lower()
-    return (low in str(info.name).lower() or selector == info.usb_path
-            or selector == getattr(info, "serial", None)
-            or low == f"{info.vid:04x}:{info.pid:04x}")
+def _simulation_plan(args: argparse.Namespace, vreader: Any) -> list[tuple[float, str, int]]:
+    """--simulate 'remove@1 insert@2 remove:1@3': steps checked against the slots' cards
+    before anything runs, so a step that cannot happen is a usage error, not a crash."""
+    slots = len(getattr(vreader, "slots", ())) or 1
+    steps: list[tuple[float, str, int]] = []
+    for item in args.simulate.replace(",", " ").split():
+        what, _, when = item.partition("@")
+        action, _, slot_text = what.partition(":")
+        try:
+            seconds = _seconds(when)
+            slot = int(slot_text) if slot_text else 0
+        except (argparse.ArgumentTypeError, ValueError):
+            seconds, slot = -1.0, -1
+        if action not in ("insert", "remove") or seconds < 0 or not 0 <= slot < slots:
+            raise UsageError(f"--simulate step {item!r}: use insert@SECONDS or remove@SECONDS "
+                             f"(slot 0), or insert:SLOT@SECONDS with SLOT 0..{slots - 1}")
+        steps.append((seconds, action, slot))
+    steps.sort()
+    present = {s: vreader.card(s) is not None for s in range(slots)}
+    for seconds, action, slot in steps:
+        if action == "insert" and present[slot]:
+            raise UsageError(f"--simulate insert@{seconds:g}: slot {slot} already holds a card "
+                             f"then (remove it first: 'remove@... insert@{seconds:g}')")
+        if action == "remove" and not present[slot]:
+            raise UsageError(f"--simulate remove@{seconds:g}: slot {slot} is empty then")
+        present[slot] = action == "insert"
+    return steps
 
 
 def _schedule_simulation(args: argparse.Namespace) -> None:
-    """--simulate 'remove@1 insert@2': drive the virtual reader's slot while we watch."""
+    """Drive the virtual reader's slots while the scan watches."""
     if not args.simulate:
         return
     vreader = _virtual_reader(args)
     if vreader is None:
         raise UsageError("--simulate needs --virtual NAME")
-    steps = []
-    for item in args.simulate.replace(",", " ").split():
-        action, _, when = item.partition("@")
-        if action not in ("insert", "remove") or not when:
-            raise UsageError(f"--simulate step {item!r}: use insert@SECONDS or remove@SECONDS")
-        steps.append((float(when), action))
-    card_holder: dict[str, Any] = {}
+    steps = _simulation_plan(args, vreader)
+    removed: dict[int, Any] = {}
 
     def run() -> None:
         start = time.monotonic()
-        for when, action in sorted(steps):
-            time.sleep(max(0.0, start + when - time.monotonic()))
-            if action == "remove":
-                card_holder["card"] = vreader.remove(0)
-            else:
-                card = card_holder.get("card")
-                if card is None:
-                    from ccid.testing import VirtualCard
+        try:
+            for when, action, slot in steps:
+                time.sleep(max(0.0, start + when - time.monotonic()))
+                if action == "remove":
+                    removed[slot] = vreader.remove(slot)
+                else:
+                    card = removed.pop(slot, None)
+                    if card is None:
+                        from ccid.testing import VirtualCard
 
-                    card = VirtualCard()
-                vreader.insert(card, 0)
+                        card = VirtualCard()
+                    vreader.insert(card, slot)
+        except CCIDError as exc:  # the plan was checked: only a reader gone gets here
+            print(f"ccid: --simulate stopped: {exc}", file=sys.stderr)
 
     threading.Thread(target=run, daemon=True, name="ccid-simulate").start()
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
-    """Like pcsc_scan: readers coming and going, cards inserted and removed, with ATRs.
+    """Like pcsc_scan: readers coming and going, every slot's state (empty ones too), cards
+    inserted and removed, with ATRs.
 
+    Each slot is a PC/SC reader: it is named, and numbered in the order readers appeared.
     Blocks on the event queue (the readers' interrupt endpoints, or polling where a reader
     has none); enumeration for reader hot-plug runs every half second.
     """
@@ -442,7 +554,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
     _schedule_simulation(args)
     print("ccid scan (no pcscd); Ctrl-C to stop")
     opened: dict[str, Any] = {}
-    number = 0
+    scan = _ScanState()
     if not ccid.list_readers(backend=backend):
         print("Waiting for the first reader... (or try --virtual gemalto-pc-twin)")
     events = ccid.watch(backend=backend, interval=0.5, timeout=args.timeout, readers=opened)
@@ -450,21 +562,27 @@ def cmd_scan(args: argparse.Namespace) -> int:
         # Ctrl-C raises KeyboardInterrupt inside watch()'s blocking queue wait (lock waits
         # are interruptible), so an idle scan stops at once; `finally` releases the readers.
         for event in events:
-            stamp = time.strftime("%a %b %d %H:%M:%S %Y")
             if isinstance(event, ReaderAdded):
-                print(f"{stamp}\n Reader added: {event.reader}")
-            elif isinstance(event, ReaderRemoved):
-                print(f"{stamp}\n Reader removed: {event.reader}")
-            elif isinstance(event, (CardInserted, CardRemoved)):
+                print(f"{_stamp()}\n Reader added: {event.reader}")
                 reader = opened.get(event.reader)
-                if reader is None:
-                    continue
-                _print_slot_state(reader, event.slot, number, isinstance(event, CardInserted))
-                number += 1
+                names = _slot_names(event.info, reader)
+                scan.add(event.reader, names)
+                for slot in range(len(names)):
+                    present = None
+                    if reader is not None:
+                        with contextlib.suppress(CCIDError):
+                            present = reader.slot_status(slot) != ICCStatus.ABSENT
+                    scan.show(reader, event.reader, slot, present)
                 if args.once:
                     break
+            elif isinstance(event, ReaderRemoved):
+                print(f"{_stamp()}\n Reader removed: {event.reader}")
+                scan.remove(event.reader)
+            elif isinstance(event, (CardInserted, CardRemoved)):
+                reader = opened.get(event.reader)
+                scan.show(reader, event.reader, event.slot, isinstance(event, CardInserted))
             else:
-                print(f"{stamp}\n Event: {event}")
+                print(f"{_stamp()}\n Event: {event}")
             sys.stdout.flush()
     except KeyboardInterrupt:
         print("stopped")
@@ -473,14 +591,63 @@ def cmd_scan(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_slot_state(reader: Any, slot: int, number: int, present: bool) -> None:
-    print(time.strftime("%a %b %d %H:%M:%S %Y"))
-    name = reader.info.slot_names[slot] if slot < len(reader.info.slot_names) else reader.name
-    print(f" Reader {slot}: {name}")
-    print(f"  Event number: {number}")
-    if not present:
-        print("  Card state: Card removed, ")
-        return
+def _stamp() -> str:
+    return time.strftime("%a %b %d %H:%M:%S %Y")
+
+
+def _slot_names(info: Any, reader: Any) -> tuple[str, ...]:
+    for source in (reader.info if reader is not None else None, info):
+        names = getattr(source, "slot_names", None)
+        if names:
+            return tuple(names)
+    return (str(getattr(info, "name", "reader")),)
+
+
+class _ScanState:
+    """What ``ccid scan`` printed last per slot: PC/SC-style reader numbers (one per slot,
+    in order of appearance), event counts, and the state, so a state is shown once."""
+
+    def __init__(self) -> None:
+        self.names: dict[str, tuple[str, ...]] = {}  # reader name -> its slots' names
+        self.order: list[str] = []  # slot names, as PC/SC numbers them
+        self.state: dict[str, bool | None] = {}
+        self.count: dict[str, int] = {}
+
+    def add(self, reader: str, names: tuple[str, ...]) -> None:
+        self.names[reader] = names
+        self.order.extend(n for n in names if n not in self.order)
+
+    def remove(self, reader: str) -> None:
+        for name in self.names.pop(reader, ()):
+            if name in self.order:
+                self.order.remove(name)
+            self.state.pop(name, None)
+            self.count.pop(name, None)
+
+    def show(self, reader: Any, reader_name: str, slot: int, present: bool | None) -> None:
+        names = self.names.get(reader_name) or (reader_name,)
+        name = names[slot] if slot < len(names) else f"{reader_name} slot {slot}"
+        if name in self.state and self.state[name] == present:
+            return  # already shown (a card present at start is reported again as an event)
+        if name not in self.order:
+            self.order.append(name)
+        self.state[name] = present
+        number = self.count.get(name, -1) + 1
+        self.count[name] = number
+        print(_stamp())
+        print(f" Reader {self.order.index(name)}: {name}")
+        print(f"  Event number: {number}")
+        if present is None:
+            print("  Card state: unknown (the reader is in use elsewhere)")
+        elif not present:
+            print("  Card state: Card removed, no card")
+        elif reader is None:
+            print("  Card state: Card inserted, ")
+        else:
+            _print_card(reader, slot)
+
+
+def _print_card(reader: Any, slot: int) -> None:
     try:
         with reader.connect(slot=slot) as card:
             raw = bytes(card.atr)
@@ -494,12 +661,28 @@ def _print_slot_state(reader: Any, slot: int, number: int, present: bool) -> Non
 
 
 def cmd_trace(args: argparse.Namespace) -> int:
-    from ccid import trace
+    """Summarise a trace file (or replay it with ``--replay``).
 
-    records = trace.load(args.file)
+    ``--json`` prints :meth:`ccid.trace.Summary.as_dict` with ``"file"`` added: ``{"file":
+    str, "total_time": float, "frames": int, "calls": [CALL], "api": [CALL], "errors":
+    [ERROR], "interrupts": [{"name": str, "count": int}]}``, CALL ``{"name", "count",
+    "total", "percent", "min", "max"}``, ERROR ``{"time", "reader", "slot", "command",
+    "bStatus", "bError", "text"}``. A file with no trace record in it, or a malformed one,
+    is an error (exit 1, one line).
+    """
+    from ccid import trace
+    from ccid.errors import TraceFormatError
+
+    try:
+        records = trace.load(args.file)
+    except TraceFormatError as exc:
+        raise CLIError(f"{args.file}: {exc}") from None
+    if not any(r.direction in trace.DIRECTIONS for r in records):
+        raise CLIError(f"{args.file}: nothing in this file is a CCID trace "
+                       "(no frame line, JSON record or pcscd/libccid frame)")
     summary = trace.summarize(records)
     if args.json and not args.replay:
-        _emit_json({"summary": str(summary)})
+        _emit_json({"file": str(args.file), **summary.as_dict()})
     elif not args.replay:
         print(summary)
     if args.replay:
@@ -512,9 +695,13 @@ def _replay(records: list[Any], as_json: bool) -> int:
     and compare its answers with the recorded ones."""
     import usb.core
 
-    from ccid import trace
+    from ccid.errors import TraceFormatError
+    from ccid.testing.replay import replay
 
-    backend = trace.replay(records)
+    try:
+        backend = replay(records)
+    except TraceFormatError as exc:
+        raise CLIError(str(exc)) from None
     vreader = backend.readers[0]
     dev = usb.core.find(backend=backend)
     if dev is None:
@@ -534,6 +721,8 @@ def _replay(records: list[Any], as_json: bool) -> int:
             exchanges[-1][1].append(rec)
     compared = mismatched = 0
     for command, replies in exchanges:
+        if not replies:
+            continue  # never answered when recorded: nothing to compare
         dev.write(out_ep, command, 2000)
         for want in replies:
             try:
@@ -601,21 +790,54 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 # --- argument parsing ------------------------------------------------------------------
 
+JSON_HELP = {
+    "list": "JSON: a list, one object per reader: index, name, vid, pid, vid_pid, serial,\n"
+            "usb_path, interface, slots, database {status, reason, message},\n"
+            "exchange_level, error, slot_states [{slot, name, present, atr (hex text),\n"
+            "protocol, error}]; null where unknown.",
+    "parse": "JSON: a list, one object per reader interface: idVendor, idProduct, vid_pid,\n"
+             "manufacturer, product, serial, interface, bcdDevice, descriptor {every field\n"
+             "of the CCID class descriptor}, raw (hex), derived {exchange_level, protocols,\n"
+             "voltages, features, slots, ...}, data_rates, clocks.",
+    "send": "JSON: an object: reader, slot, atr (hex), protocol, exchanges [{command,\n"
+            "response, data, sw (hex), meaning, ms}].",
+    "atr": "JSON: an object: atr (hex), convention, tck_ok, protocols [int], historical\n"
+           "(hex), description [lines].",
+    "supported": "JSON: for VID:PID an object: vid_pid, vid, pid, supported, status, reason,\n"
+                 "message, entry (or null), quirks [{id, description}]; for --name a list\n"
+                 "of entries. An entry: vid_pid, name, status, section, aliases, dump, the\n"
+                 "descriptor's capabilities (exchange_level, protocols, voltages, features,\n"
+                 "...) and raw_descriptor (hex).",
+    "virtual": "JSON: a list of {name, description}.",
+}
+
+
+def _examples(name: str, examples: str) -> str:
+    text = "examples:\n" + examples
+    if name in JSON_HELP:
+        text += "\n" + JSON_HELP[name] + "\n"
+    return text
+
 
 def build_parser() -> argparse.ArgumentParser:
+    from ccid import __version__
+
     p = argparse.ArgumentParser(
         prog="ccid",
         description="Talk to USB CCID smart-card readers directly (no pcscd).",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    p.add_argument("--version", action="version", version=f"ccid {__version__}")
     p.add_argument("-v", "--verbose", action="count", default=0, help="-v info, -vv debug")
     p.add_argument("--trace", metavar="FILE", help="record the CCID wire to FILE")
+    p.add_argument("--json", dest="global_json", action="store_true",
+                   help="machine-readable output (commands that have it)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     def add(name: str, help_: str, examples: str, **kw: Any) -> argparse.ArgumentParser:
         return sub.add_parser(name, help=help_, description=help_,
-                              epilog="examples:\n" + examples,
+                              epilog=_examples(name, examples),
                               formatter_class=argparse.RawDescriptionHelpFormatter, **kw)
 
     def virtual_opt(sp: argparse.ArgumentParser) -> None:
@@ -630,51 +852,74 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("scan", "wait for card events and print them (like pcsc_scan)",
              "  ccid scan\n  ccid scan --virtual gemalto-pc-twin --once\n"
-             "  ccid scan --virtual gemalto-pc-twin --simulate 'remove@1 insert@2' --timeout 3\n")
+             "  ccid scan --virtual gemalto-pc-twin --simulate 'remove@0.5 insert@1'"
+             " --timeout 1.5\n"
+             "  ccid scan --virtual two-slot --simulate 'insert:1@0.5' --timeout 1\n")
     virtual_opt(sp)
-    sp.add_argument("--once", action="store_true", help="stop after the first state printed")
-    sp.add_argument("--timeout", type=float, default=None, help="stop after SECONDS")
+    sp.add_argument("--once", action="store_true",
+                    help="stop after the first reader's slots are shown")
+    sp.add_argument("--timeout", type=_seconds, default=None, help="stop after SECONDS")
     sp.add_argument("--simulate", metavar="STEPS",
-                    help="with --virtual: 'remove@SECONDS insert@SECONDS ...' on slot 0")
+                    help="with --virtual: 'remove@SECONDS insert@SECONDS ...' (slot 0), "
+                         "or insert:SLOT@SECONDS")
     sp.set_defaults(func=cmd_scan)
 
     for name in ("parse", "dump-descriptor"):
-        sp = add(name, "print each CCID interface's descriptor like libccid's parse tool",
-                 f"  ccid {name}\n  ccid {name} --virtual ct700 --json\n")
+        sp = sub.add_parser(name, help="print each CCID interface's descriptor like libccid's "
+                            "parse tool", description="print each CCID interface's descriptor "
+                            "like libccid's parse tool",
+                            epilog=_examples("parse", f"  ccid {name}\n  ccid {name} --virtual "
+                                             "ct700 --json\n"),
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
         virtual_opt(sp)
         sp.add_argument("--reader", metavar="SELECTOR", help="index, name, VID:PID, serial, path")
         sp.add_argument("--json", action="store_true", help="machine-readable output")
         sp.set_defaults(func=cmd_parse)
 
     sp = add("send", "connect to a card and send hex APDUs",
-             "  ccid send 00A4040007A0000002471001\n"
-             "  ccid send --virtual extended --protocol T1 0084000008\n")
+             "  ccid send 00A4040006A000000018FF\n"
+             "  ccid send --virtual extended-apdu --protocol T1 0084000008\n"
+             "  ccid send --virtual gemalto-pc-twin 00 84 00 00 08 0084000004\n")
     virtual_opt(sp)
-    sp.add_argument("apdu", nargs="+", help="APDU in hex (spaces allowed inside quotes)")
+    sp.add_argument("apdu", nargs="+",
+                    help="APDU in hex, one per argument (spaces allowed inside quotes); "
+                         "one-byte arguments in a row are joined: 00 84 00 00 08")
     sp.add_argument("--reader", metavar="SELECTOR", help="index, name, VID:PID, serial, path")
-    sp.add_argument("--slot", type=int, default=0)
+    sp.add_argument("--slot", type=_slot_number, default=0)
     sp.add_argument("--protocol", choices=["T0", "T1", "T=0", "T=1"], default=None)
-    sp.add_argument("--mode", choices=["shared", "exclusive", "direct"], default="shared")
+    sp.add_argument("--mode", choices=["shared", "exclusive", "direct"], default="shared",
+                    help="direct cannot send APDUs (the card is not powered)")
     sp.add_argument("--json", action="store_true", help="machine-readable output")
     sp.set_defaults(func=cmd_send)
 
-    sp = add("atr", "decode an ATR (no reader needed)", "  ccid atr 3B 02 14 50\n")
+    sp = add("atr", "decode an ATR (no reader needed)",
+             "  ccid atr 3B 02 14 50\n  ccid atr --json 3B021450\n")
     sp.add_argument("atr", nargs="+", help="ATR bytes in hex")
     sp.add_argument("--json", action="store_true", help="machine-readable output")
     sp.set_defaults(func=cmd_atr)
 
     sp = add("supported", "is a reader supported? (the reader database)",
-             "  ccid supported 08E6:3437\n  ccid supported --name omnikey\n")
+             "  ccid supported 08E6:3437\n  ccid supported 0x08e6:0x3478 --json\n"
+             "  ccid supported --name omnikey\n")
     sp.add_argument("vid_pid", nargs="?", metavar="VID:PID")
     sp.add_argument("--name", metavar="PATTERN", help="search by name instead")
     sp.add_argument("--json", action="store_true", help="machine-readable output")
     sp.set_defaults(func=cmd_supported)
 
     sp = add("udev-rules", "print or install the udev rules for CCID readers",
-             "  ccid udev-rules\n  ccid udev-rules --uaccess -o 92_pcscd_ccid.rules\n"
-             "  sudo ccid udev-rules --uaccess --install\n")
+             "  ccid udev-rules\n  ccid udev-rules -o 92-ccid-python.rules\n"
+             "  ccid udev-rules --uaccess -o 70-ccid-uaccess.rules\n"
+             "  ccid udev-rules --group plugdev\n"
+             "  sudo groupadd --system pcscd   # the default group, where pcsc-lite < 2.4.0\n"
+             "  sudo ccid udev-rules --uaccess --install\n"
+             "\nFiles: 92-ccid-python.rules (group mode), 70-ccid-uaccess.rules (uaccess\n"
+             "mode: must sort before systemd's 73-seat-late.rules); never libccid's\n"
+             "92_pcscd_ccid.rules, which they would replace.\n")
     sp.add_argument("--uaccess", action="store_true",
                     help="also give the logged-in seat user access (TAG+=\"uaccess\")")
+    sp.add_argument("--group", default="pcscd",
+                    help="the group given the readers (default: %(default)s; pcsc-lite 2.4.0+ "
+                         "creates it, elsewhere: groupadd --system pcscd)")
     sp.add_argument("-o", "--output", metavar="FILE")
     sp.add_argument("--install", action="store_true", help="write to the udev rules directory")
     sp.add_argument("--rules-dir", default="/etc/udev/rules.d",
@@ -689,7 +934,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true", help="machine-readable output")
     sp.set_defaults(func=cmd_trace)
 
-    sp = add("virtual", "list the built-in virtual readers", "  ccid virtual --list\n")
+    sp = add("virtual", "list the built-in virtual readers",
+             "  ccid virtual --list\n  ccid virtual --json\n")
     sp.add_argument("--list", action="store_true", default=True)
     sp.add_argument("--json", action="store_true", help="machine-readable output")
     sp.set_defaults(func=cmd_virtual)
@@ -699,27 +945,73 @@ def build_parser() -> argparse.ArgumentParser:
     virtual_opt(sp)
     sp.add_argument("--reader", metavar="SELECTOR", default=None)
     sp.set_defaults(func=cmd_demo)
+
+    # the global options work after the command too (ccid send ... -v --trace s.jsonl)
+    for sp in sub.choices.values():
+        sp.add_argument("-v", "--verbose", dest="sub_verbose", action="count", default=0,
+                        help="-v info, -vv debug")
+        sp.add_argument("--trace", dest="sub_trace", metavar="FILE",
+                        help="record the CCID wire to FILE")
+
+    from ccid.serve.cli import add_parser as add_serve_parser  # the PC/SC server
+
+    add_serve_parser(sub)
     return p
 
 
+def _merge_global_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    args.verbose += getattr(args, "sub_verbose", 0)
+    sub_trace = getattr(args, "sub_trace", None)
+    if sub_trace and args.trace and sub_trace != args.trace:
+        parser.error(f"--trace given twice ({args.trace}, {sub_trace})")
+    args.trace = args.trace or sub_trace
+    if args.global_json:
+        if args.command not in JSON_COMMANDS:
+            parser.error(f"--json: `ccid {args.command}` has no JSON output")
+        args.json = True
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command; every failure ends as one line on stderr and an exit code."""
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # here, so that a closed pipe is seen while we can still handle it
+        return code
+    except BrokenPipeError:
+        # `ccid ... | head`: the reader of our output is gone; stop quietly, as cat does
+        with contextlib.suppress(OSError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    _merge_global_options(parser, args)
     level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     try:
         with _tracing(args.trace):
             return int(args.func(args))
     except UsageError as exc:
-        parser.error(str(exc))  # exits 2 with the usage line
+        # exits 2 with the usage line; the PC/SC code means nothing to a shell user
+        parser.error(str(exc).removesuffix(f" [{exc.pcsc_code}]"))
+    except BrokenPipeError:
+        raise
     except (CCIDError, CLIError, OSError) as exc:
         print(f"ccid: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        return 130
+    except Exception as exc:  # a bug in ccid: still one line, the traceback with -v
+        log.debug("internal error", exc_info=True)
+        print(f"ccid: internal error: {type(exc).__name__}: {exc} (a bug in ccid: please "
+              "report it with the output of -vv)", file=sys.stderr)
+        return EXIT_BUG
     return 0
 
 

@@ -1164,13 +1164,21 @@ class Database:
     # --- entries -------------------------------------------------------------------------
 
     def lookup(
-        self, vid: int, pid: int, bcd_device: int | None = None, interface: int | None = None
+        self,
+        vid: int | str,
+        pid: int | None = None,
+        bcd_device: int | None = None,
+        interface: int | None = None,
     ) -> ReaderEntry | None:
         """The listed reader with this VID:PID, or None when libccid does not list it.
 
-        ``bcd_device`` picks the dump of that firmware (else the closest older one);
-        ``interface`` picks that USB interface of a multi-interface reader.
+        The reader is two ints (``0x08E6, 0x3478``) or one string (``"08E6:3478"``, any
+        spelling ``parse_vid_pid`` accepts). ``bcd_device`` picks the dump of that firmware
+        (else the closest older one); ``interface`` picks that USB interface of a
+        multi-interface reader.
         """
+        if type(vid) is not int or pid is None:
+            vid, pid = _ids(vid, pid)
         memo = (vid, pid, bcd_device, interface)
         try:
             return self._entries[memo]
@@ -1182,8 +1190,9 @@ class Database:
         self._entries[memo] = entry
         return entry
 
-    def variants(self, vid: int, pid: int) -> list[ReaderEntry]:
+    def variants(self, vid: int | str, pid: int | None = None) -> list[ReaderEntry]:
         """One entry per descriptor dump and distinct interface of this VID:PID."""
+        vid, pid = _ids(vid, pid)
         _check_ids(vid, pid, None, None)
         return self._build(vid, pid, None, None, every=True)
 
@@ -1269,20 +1278,22 @@ class Database:
 
     # --- support -------------------------------------------------------------------------
 
-    def is_supported(self, vid: int, pid: int) -> bool:
+    def is_supported(self, vid: int | str, pid: int | None = None) -> bool:
         """True when libccid lists the reader as supported or should-work."""
+        vid, pid = _ids(vid, pid)
         entry = self.lookup(vid, pid)
         return entry is not None and entry.supported
 
     def support_status(
         self,
-        vid: int,
-        pid: int,
+        vid: int | str,
+        pid: int | None = None,
         *,
         bcd_device: int | None = None,
         interface_class: int | None = None,
     ) -> SupportAnswer:
         """The rich answer: status and, for problems, the reason."""
+        vid, pid = _ids(vid, pid)
         entry = self.lookup(vid, pid, bcd_device)
         if entry is None:
             if interface_class == 0x0B:
@@ -1308,13 +1319,20 @@ class Database:
 
     # --- firmware ------------------------------------------------------------------------
 
-    def min_firmware(self, vid: int, pid: int) -> int | None:
+    def min_firmware(self, vid: int | str, pid: int | None = None) -> int | None:
         """The first good bcdDevice of a reader with known-bad older firmware, or None."""
+        vid, pid = _ids(vid, pid)
+        _check_ids(vid, pid, None, None)
         firmware = self._firmware.get(_key(vid, pid))
         return None if firmware is None else int(firmware["bcd_device"])
 
-    def firmware_problem(self, vid: int, pid: int, bcd_device: int) -> str | None:
+    def firmware_problem(
+        self, vid: int | str, pid: int | None = None, bcd_device: int | None = None
+    ) -> str | None:
         """Why this firmware is refused (naming it and the fix), or None when it is fine."""
+        vid, pid = _ids(vid, pid)
+        bcd_device = _required_bcd(bcd_device)
+        _check_ids(vid, pid, bcd_device, None)
         firmware = self._firmware.get(_key(vid, pid))
         if firmware is None:
             return None
@@ -1322,9 +1340,9 @@ class Database:
 
     def check_firmware(
         self,
-        vid: int,
-        pid: int,
-        bcd_device: int,
+        vid: int | str,
+        pid: int | None = None,
+        bcd_device: int | None = None,
         *,
         allow_bad_firmware: bool = False,
         reader: str | None = None,
@@ -1333,6 +1351,7 @@ class Database:
 
         With ``allow_bad_firmware`` the reason is returned (for a warning) instead.
         """
+        vid, pid = _ids(vid, pid)
         problem = self.firmware_problem(vid, pid, bcd_device)
         if problem is None or allow_bad_firmware:
             return problem
@@ -1366,8 +1385,8 @@ class Database:
 
     def quirks_for(
         self,
-        vid: int,
-        pid: int,
+        vid: int | str,
+        pid: int | None = None,
         *,
         bcd_device: int | None = None,
         interface: int | None = None,
@@ -1379,6 +1398,8 @@ class Database:
         ``interface_protocol`` (bInterfaceProtocol: 1 ICCD-A, 2 ICCD-B) defaults to the
         dumped value for a listed reader. Card quirks need ``atr``.
         """
+        if type(vid) is not int or pid is None:
+            vid, pid = _ids(vid, pid)
         memo = (vid, pid, bcd_device, interface, interface_protocol, atr)
         try:
             return list(self._quirks[memo])
@@ -1403,8 +1424,11 @@ class Database:
         self._quirks[memo] = quirks
         return list(quirks)
 
-    def descriptor_bytes(self, vid: int, pid: int, interface: int | None = None) -> bytes | None:
+    def descriptor_bytes(
+        self, vid: int | str, pid: int | None = None, interface: int | None = None
+    ) -> bytes | None:
         """The dumped 54-byte class descriptor (to build a virtual reader), or None."""
+        vid, pid = _ids(vid, pid)
         entry = self.lookup(vid, pid, None, interface)
         return None if entry is None else entry.raw_descriptor
 
@@ -1495,17 +1519,54 @@ def _id_problem(vid: Any, pid: Any, bcd_device: Any, interface: Any) -> str | No
 
 
 def parse_vid_pid(text: str) -> tuple[int, int]:
-    """'08E6:3478' (or '0x08e6:0x3478', '08e6 3478') -> (0x08E6, 0x3478)."""
+    """A reader's USB ids from text: ``"08E6:3478"`` -> ``(0x08E6, 0x3478)``.
+
+    The one parser behind every selector (``open_reader``, ``lookup``, the CLI). Accepted
+    spellings, case-insensitive, with optional spaces: ``08E6:3478``, ``0x08E6:0x3478``,
+    ``8e6:3478``, ``08e6/3478``, ``08e6 3478`` and Windows' ``VID_08E6&PID_3478``.
+    ``UsageError`` for anything else.
+    """
     import re
 
     from ccid.errors import UsageError
 
+    if not isinstance(text, str):
+        raise UsageError(f"VID:PID must be a str such as '08E6:3478', not {type(text).__name__}")
     match = re.fullmatch(
-        r"\s*(?:0x)?([0-9a-fA-F]{1,4})\s*[:/ ]\s*(?:0x)?([0-9a-fA-F]{1,4})\s*", str(text)
+        r"\s*(?:0x)?([0-9a-f]{1,4})\s*[:/ ]\s*(?:0x)?([0-9a-f]{1,4})\s*"
+        r"|\s*vid_([0-9a-f]{1,4})\s*&\s*pid_([0-9a-f]{1,4})\s*",
+        text,
+        re.IGNORECASE,
     )
     if match is None:
-        raise UsageError(f"expected VID:PID in hex such as 08E6:3478, got {text!r}")
-    return int(match.group(1), 16), int(match.group(2), 16)
+        raise UsageError(f"expected VID:PID in hex such as 08E6:3478, got {text[:40]!r}")
+    vid, pid = (g for g in match.groups() if g is not None)
+    return int(vid, 16), int(pid, 16)
+
+
+def _ids(vid: Any, pid: Any) -> tuple[int, int]:
+    """(vid, pid) from two ints, or from one "VID:PID" string with pid left out."""
+    if isinstance(vid, str):
+        if pid is not None:
+            from ccid.errors import UsageError
+
+            raise UsageError(f"give the reader as one string ({vid!r}) or as two ints, not both")
+        return parse_vid_pid(vid)
+    if pid is None:
+        from ccid.errors import UsageError
+
+        raise UsageError(f"pid missing: give two ints (0x08E6, 0x3478) or one string "
+                         f"('08E6:3478'), got vid={vid!r} alone")
+    _check_ids(vid, pid, None, None)
+    return vid, pid
+
+
+def _required_bcd(bcd_device: int | None) -> int:
+    if bcd_device is None:
+        from ccid.errors import UsageError
+
+        raise UsageError("bcd_device is required (the reader's firmware version, e.g. 0x0100)")
+    return bcd_device
 
 
 # --- loading and the default database ----------------------------------------------------
@@ -1574,19 +1635,25 @@ def use_database(db: Database | None) -> None:
 
 
 def lookup(
-    vid: int, pid: int, bcd_device: int | None = None, interface: int | None = None
+    vid: int | str,
+    pid: int | None = None,
+    bcd_device: int | None = None,
+    interface: int | None = None,
 ) -> ReaderEntry | None:
-    """The listed reader with this VID:PID (see Database.lookup), or None."""
+    """The listed reader: ``lookup(0x08E6, 0x3478)`` or ``lookup("08E6:3478")``, or None."""
     return (_DEFAULT or default_database()).lookup(vid, pid, bcd_device, interface)
 
 
-def is_supported(vid: int, pid: int) -> bool:
+def is_supported(vid: int | str, pid: int | None = None) -> bool:
     """True when libccid lists the reader as supported or should-work."""
     return (_DEFAULT or default_database()).is_supported(vid, pid)
 
 
 def support_status(
-    vid: int, pid: int, *, bcd_device: int | None = None, interface_class: int | None = None
+    vid: int | str,
+    pid: int | None = None,
+    *,
+    bcd_device: int | None = None, interface_class: int | None = None
 ) -> SupportAnswer:
     """Supported / should work / known problems (why) / disabled / unlisted but compliant."""
     return (_DEFAULT or default_database()).support_status(
@@ -1605,8 +1672,8 @@ def all_entries() -> list[ReaderEntry]:
 
 
 def quirks_for(
-    vid: int,
-    pid: int,
+    vid: int | str,
+    pid: int | None = None,
     *,
     bcd_device: int | None = None,
     interface: int | None = None,
@@ -1620,20 +1687,22 @@ def quirks_for(
     )
 
 
-def descriptor_bytes(vid: int, pid: int, interface: int | None = None) -> bytes | None:
+def descriptor_bytes(
+    vid: int | str, pid: int | None = None, interface: int | None = None
+) -> bytes | None:
     """The dumped 54-byte class descriptor of a listed reader, or None."""
     return (_DEFAULT or default_database()).descriptor_bytes(vid, pid, interface)
 
 
-def min_firmware(vid: int, pid: int) -> int | None:
+def min_firmware(vid: int | str, pid: int | None = None) -> int | None:
     """The first good bcdDevice when older firmware is known to be broken, else None."""
     return (_DEFAULT or default_database()).min_firmware(vid, pid)
 
 
 def check_firmware(
-    vid: int,
-    pid: int,
-    bcd_device: int,
+    vid: int | str,
+    pid: int | None = None,
+    bcd_device: int | None = None,
     *,
     allow_bad_firmware: bool = False,
     reader: str | None = None,

@@ -17,7 +17,7 @@ too many stale frames in a row do too, so a confused reader never loops forever.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 from dataclasses import dataclass, field
 
 from ccid import framing
@@ -374,12 +374,22 @@ class Engine:
     max_stale: int = DEFAULT_MAX_STALE
     slot_count: int = 1
     _counter: Iterator[int] = field(default_factory=itertools.count, repr=False)
+    #: bSeq values of commands still in flight (a reader with several busy slots): the
+    #: counter skips them when it wraps, so no reply can be taken for another command's.
+    busy_seqs: Container[int] = field(default_factory=frozenset, repr=False)
 
     # --- building ---------------------------------------------------------------------
 
     def next_seq(self) -> int:
-        """The next bSeq (0..255, wrapping); atomic under the GIL."""
-        return next(self._counter) & 0xFF
+        """The next bSeq (0..255, wrapping, skipping ``busy_seqs``); atomic under the GIL."""
+        seq = next(self._counter) & 0xFF
+        busy = self.busy_seqs
+        if busy:
+            for _ in range(256):
+                if seq not in busy:
+                    break
+                seq = next(self._counter) & 0xFF
+        return seq
 
     def build(self, msg_type: int, slot: int, p1: int = 0, p2: int = 0, p3: int = 0,
               payload: bytes = b"", *, seq: int | None = None) -> Pending:
@@ -424,7 +434,7 @@ class Engine:
             pending = self.build(M.PC_to_RDR_XfrBlock, slot, bwi & 0xFF, level & 0xFF,
                                  (level >> 8) & 0xFF, data)  # raises the right UsageError
             return pending.seq, pending.frame
-        seq = next(self._counter) & 0xFF
+        seq = self.next_seq()
         return seq, _build_frame_raw(0x6F, slot, seq, bwi & 0xFF, level & 0xFF,
                                      (level >> 8) & 0xFF, data)
 

@@ -180,7 +180,7 @@ class SharingViolationError(TransportError):
 class DatabaseError(CCIDError):
     """``readers.yaml`` (or a user database) is malformed."""
 
-    pcsc_code = None
+    pcsc_code: str | None = None
 
 
 # --- appended by the reader-session work (issue 4) ------------------------------------
@@ -211,3 +211,72 @@ class PinTimeoutError(SlotError, TimeoutError):
 
 
 __all__ += ["PinCancelledError", "PinTimeoutError"]
+
+
+# --- appended by the CLI / public API work (issue 12) ---------------------------------
+
+
+class StatusWordError(CardError):
+    """The card answered with a status word other than success (``ccid.sw.check``).
+
+    Carries ``sw1``, ``sw2``, ``sw`` (``sw1 << 8 | sw2``) and the response ``data``.
+    """
+
+    # PC/SC reports the transmission as a success: the status word is the card's answer
+    pcsc_code = None  # type: ignore[assignment]
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        sw1: int,
+        sw2: int,
+        data: bytes = b"",
+        reader: str | None = None,
+        slot: int | None = None,
+    ) -> None:
+        self.sw1 = sw1
+        self.sw2 = sw2
+        self.sw = sw1 << 8 | sw2
+        self.data = data
+        super().__init__(message, reader=reader, slot=slot)
+
+
+__all__ += ["StatusWordError"]
+
+# --- traces ---------------------------------------------------------------------------
+
+
+class TraceFormatError(UsageError, ValueError):
+    """A trace file (or trace text) is malformed, or holds nothing that is a trace.
+
+    ``line`` is the 1-based line number of the offending record when there is one.
+    """
+
+    def __init__(self, message: str, *, line: int | None = None,
+                 reader: str | None = None) -> None:
+        self.line = line
+        where = f"trace line {line}: " if line is not None else ""
+        super().__init__(f"{where}{message}", reader=reader)
+
+
+class TraceReplayError(ReaderError):
+    """A replayed trace has no recorded answer for the command the program sent."""
+
+    pcsc_code = "SCARD_E_UNSUPPORTED_FEATURE"
+
+
+__all__ += ["TraceFormatError", "TraceReplayError"]
+
+
+# --- appended by the session hardening work (issues 11, 12) ---------------------------
+
+
+class OperationCancelledError(CCIDError):
+    """``Card.cancel()`` ended the call from another thread (the command was aborted; the
+    reader and the card stay usable)."""
+
+    pcsc_code = "SCARD_E_CANCELLED"
+
+
+__all__ += ["OperationCancelledError"]

@@ -369,7 +369,7 @@ class _Forwarder:
 
 def watch(backend: Any = None, interval: float = 0.5, timeout: float | None = None, *,
           cards: bool = True, readers: dict[str, Any] | None = None,
-          **open_options: Any) -> Iterator[Event]:
+          stop: threading.Event | None = None, **open_options: Any) -> Iterator[Event]:
     """Yield reader arrivals and departures, and card events of every reader seen.
 
     Readers present when the watch starts are reported as :class:`ReaderAdded` first.
@@ -388,6 +388,8 @@ def watch(backend: Any = None, interval: float = 0.5, timeout: float | None = No
 
     ``readers``, when given, is kept filled with the readers this watch opened, by name,
     so that the caller can connect to a card it was told about (``ccid scan`` does).
+    ``stop``, when given and set (from any thread), ends the iteration within ``interval``
+    seconds: how a watch running in another thread is stopped (``ccid.aio.watch``).
     """
     from ccid.reader import list_readers, open_reader
 
@@ -443,7 +445,7 @@ def watch(backend: Any = None, interval: float = 0.5, timeout: float | None = No
     try:
         enumerate_once()
         next_scan = time.monotonic() + interval
-        while True:
+        while stop is None or not stop.is_set():
             now = time.monotonic()
             if deadline is not None and now >= deadline and events.empty():
                 return

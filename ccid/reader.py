@@ -65,6 +65,7 @@ from ccid.errors import (
     CCIDError,
     DatabaseError,
     NoCardError,
+    OperationCancelledError,
     PinCancelledError,
     PinTimeoutError,
     ProtocolError,
@@ -91,6 +92,7 @@ from ccid.protocol.params import (
     t1_bwt_seconds,
 )
 from ccid.protocol.t0 import T0Exchange
+from ccid.transport.iccd import transport_class as _transport_class
 from ccid.transport.usb import UsbInterface, UsbTransport, find_interfaces
 
 __all__ = [
@@ -135,8 +137,17 @@ MIN_WAIT = 3.0
 READER_WAIT = 5.0
 #: Longest pause inside one frame before it counts as truncated.
 CONTINUATION_WAIT = 0.5
-#: Time given to the abort procedure after a timeout.
+#: Most time given to the abort procedure after a timeout. The abort runs inside the
+#: call's own ceiling: waiting for the reply stops ``ABORT_SHARE`` of the call's time (at
+#: most ABORT_WAIT) before the ceiling, and the abort uses what is left.
 ABORT_WAIT = 1.0
+ABORT_SHARE = 0.2
+#: What a call may overrun its ceiling by (thread scheduling, the last USB request's own
+#: granularity): documented, and checked by the fault-matrix test.
+DEADLINE_MARGIN = 0.05
+#: Longest single blocking read or lock wait while a call waits: a ``Card.cancel()``, a
+#: ``close()`` or the caller's ceiling is noticed within this time.
+CANCEL_SLICE = 0.1
 #: Short timeout for quirk escapes at open: a reader that never answers them must not hang us.
 QUIRK_ESCAPE_TIMEOUT = 1.0
 #: How long close() waits for calls in flight and the event thread before it leaves the
@@ -144,6 +155,12 @@ QUIRK_ESCAPE_TIMEOUT = 1.0
 CLOSE_WAIT = 5.0
 
 _NO_SPAN = contextlib.nullcontext()
+_WAIT_SHARE = 1.0 - ABORT_SHARE
+
+
+def _reply_wait(left: float) -> float:
+    """The part of ``left`` seconds a reply may take, leaving the abort its share."""
+    return left - min(ABORT_WAIT, ABORT_SHARE * left)
 _VIDPID = re.compile(r"^([0-9A-Fa-f]{4}):([0-9A-Fa-f]{4})$")
 
 
@@ -316,9 +333,14 @@ def _select(infos: list[ReaderInfo], selector: Any) -> ReaderInfo:
             return infos[selector]
         raise TransportError(f"no reader with index {selector} ({len(infos)} connected)",
                              pcsc_code="SCARD_E_UNKNOWN_READER")
-    match = _VIDPID.match(selector)
-    if match:
-        vid, pid = int(match.group(1), 16), int(match.group(2), 16)
+    try:
+        # the one VID:PID parser (ccid.database.parse_vid_pid): "08E6:3437", "0x08e6:0x3437"
+        from ccid.database import parse_vid_pid
+
+        vid, pid = parse_vid_pid(selector)
+    except UsageError:
+        pass  # not a VID:PID: a serial, path or name
+    else:
         for info in infos:
             if info.vid == vid and info.pid == pid:
                 return info
@@ -424,9 +446,9 @@ class _Slot:
     """Per-slot state. ``lock`` serialises card I/O; ``state_lock`` guards the fields."""
 
     __slots__ = (
-        "apdu_chain", "atr", "exclusive", "fi_di", "generation", "handles", "index", "lock",
-        "name", "powered", "presence", "present", "protocol", "state_lock", "t1", "t1_chain",
-        "wait",
+        "apdu_chain", "atr", "exclusive", "fi_di", "generation",
+        "handles", "index", "lock", "name", "owner", "owner_thread", "powered", "presence",
+        "present", "protocol", "state_lock", "t1", "t1_chain", "wait",
     )
 
     def __init__(self, index: int, name: str) -> None:
@@ -449,6 +471,9 @@ class _Slot:
         self.wait = MIN_WAIT
         self.handles: weakref.WeakSet[Card] = weakref.WeakSet()
         self.exclusive: Card | None = None
+        #: The handle holding a ``transaction()`` and its thread (None: no transaction).
+        self.owner: Card | None = None
+        self.owner_thread = 0
 
     def forget_card(self) -> None:
         self.powered = False
@@ -541,8 +566,14 @@ class Reader:
         # replies by bSeq; at most bMaxCCIDBusySlots commands are outstanding.
         self._rx = threading.Condition(threading.Lock())
         self._rx_busy = False
-        self._mailbox: dict[int, bytes] = {}
-        self._outstanding: set[int] = set()
+        #: Replies filed for other threads, by (bSeq, bSlot).
+        self._mailbox: dict[tuple[int, int], bytes] = {}
+        #: Commands in flight on a several-busy-slots reader: bSeq -> bSlot. The engine
+        #: skips these bSeq values when the counter wraps.
+        self._outstanding: dict[int, int] = {}
+        #: The Card whose call runs in this thread (Card.cancel() looks at it).
+        self._tls = threading.local()
+        self._engine.busy_seqs = self._outstanding
         self._write_lock = threading.Lock()
         # One outstanding command at a time (the common case): a plain lock, no routing.
         self._serial = True
@@ -611,7 +642,7 @@ class Reader:
                 "manufacturer": self.info.manufacturer, "product": self.info.product,
                 "serial": self.info.serial,
             })
-        transport = UsbTransport(self.info._interface, self.name)
+        transport = _transport_class(self.info._interface)(self.info._interface, self.name)
         self._transport = transport
         transport.open()
         transport.read_size = max(transport.read_size,
@@ -1124,31 +1155,76 @@ class Reader:
             self._check_usable()
         deadline = _monotonic() + ceiling
         busy = self._busy
-        if not busy.acquire(False) and not busy.acquire(timeout=ceiling):
-            raise ReaderTimeoutError(
-                f"the reader stayed busy with other slots for {ceiling:.1f} s",
-                reader=self.name, slot=pending.slot)
+        if not busy.acquire(False):
+            self._acquire_busy(deadline, pending.slot)
         try:
             # A healthy reader takes a frame in milliseconds: a wedged one should not
-            # cost a whole card timeout.
-            write_timeout = min(ceiling, max(wait, 0.5))
+            # cost a whole card timeout; and the write is part of the call's ceiling.
+            write_timeout = min(deadline - _monotonic(), max(wait, 0.5))
+            if write_timeout <= 0:
+                raise ReaderTimeoutError(
+                    f"the call's ceiling of {ceiling:.1f} s was reached before the command "
+                    "could be sent", reader=self.name, slot=pending.slot)
             if self._serial:
                 self._write(transport, pending.frame, write_timeout)
                 return self._await(pending, wait, deadline, ceiling, check, raw)
             with self._rx:
-                self._outstanding.add(pending.seq)
+                self._outstanding[pending.seq] = pending.slot
             try:
                 self._write(transport, pending.frame, write_timeout)
                 return self._await(pending, wait, deadline, ceiling, check, raw)
             finally:
                 with self._rx:
-                    self._outstanding.discard(pending.seq)
-                    self._mailbox.pop(pending.seq, None)
+                    if self._outstanding.get(pending.seq) == pending.slot:
+                        del self._outstanding[pending.seq]
+                    self._mailbox.pop((pending.seq, pending.slot), None)
         except ReaderRemovedError:
             self._lost()
             raise
         finally:
             busy.release()
+
+    def _acquire_busy(self, deadline: float, slot: int | None) -> None:
+        """Take a permit of ``_busy`` before ``deadline`` (cancel and close are seen)."""
+        busy = self._busy
+        while True:
+            left = deadline - _monotonic()
+            if left <= 0:
+                raise ReaderTimeoutError(
+                    "the reader stayed busy with other slots' commands until the call's "
+                    "ceiling", reader=self.name, slot=slot)
+            if busy.acquire(timeout=min(left, CANCEL_SLICE)):
+                return
+            stop = self._stop_reason()
+            if stop is not None:
+                raise stop
+
+    def _stop_reason(self) -> CCIDError | None:
+        """Why a waiting call must stop now: ``Card.cancel()`` on its slot, or close()."""
+        card = getattr(self._tls, "card", None)
+        if card is not None and card._cancel:
+            return OperationCancelledError("the call was cancelled (Card.cancel())",
+                                           reader=self.name, slot=card.slot)
+        if self._closed:
+            return UsageError("the reader was closed during the call", reader=self.name)
+        return None
+
+    def _read_sliced(self, transport: UsbTransport, timeout: float) -> bytes:
+        """``transport.read(timeout)`` in reads of at most CANCEL_SLICE, so that a
+        ``Card.cancel()`` or a close() ends the wait promptly."""
+        if timeout <= CANCEL_SLICE:
+            return transport.read(timeout)
+        end = _monotonic() + timeout
+        while True:
+            left = end - _monotonic()
+            try:
+                return transport.read(left if left < CANCEL_SLICE else CANCEL_SLICE)
+            except ReaderTimeoutError:
+                stop = self._stop_reason()
+                if stop is not None:
+                    raise stop from None
+                if end - _monotonic() <= 0.001:
+                    raise
 
     def _write(self, transport: UsbTransport, frame: bytes, timeout: float) -> None:
         try:
@@ -1173,11 +1249,17 @@ class Reader:
         multiplier = 1
         serial = self._serial
         engine = self._engine
+        hard = deadline
+        # The abort runs inside the call's ceiling: the reply must come early enough to
+        # leave it its share (see ABORT_SHARE).
+        span = deadline - _monotonic()
+        if span > 0:
+            deadline -= min(ABORT_WAIT, ABORT_SHARE * span)
         while True:
             now = _monotonic()
             remaining = deadline - now
             if remaining <= 0:
-                self._abort(pending)
+                self._abort(pending, hard)
                 raise ReaderTimeoutError(
                     f"no answer within the call's ceiling of {ceiling:.1f} s "
                     f"({pending.extensions} time extensions); the command was aborted",
@@ -1192,10 +1274,10 @@ class Reader:
                 elif serial:
                     frame = self._read_serial(now + this_wait, this_wait)
                 else:
-                    frame = self._receive(pending.seq, this_wait)
+                    frame = self._receive(pending.seq, pending.slot, this_wait)
             except ReaderTimeoutError:
                 if _monotonic() < deadline and this_wait < remaining:
-                    self._abort(pending)
+                    self._abort(pending, hard)
                     raise ReaderTimeoutError(
                         f"the reader did not answer within {this_wait:.1f} s; the command "
                         "was aborted", reader=self.name, slot=pending.slot) from None
@@ -1204,10 +1286,11 @@ class Reader:
                     # would pick up the rest of the frame as a new one.
                     deadline = 0.0
                 continue  # the ceiling check above aborts and raises
-            except ProtocolError:
+            except (ProtocolError, OperationCancelledError):
                 # An unreadable reply (truncated, garbage): the reader may still be busy
-                # with the command or still sending; ABORT leaves the slot clean.
-                self._abort(pending)
+                # with the command or still sending; ABORT leaves the slot clean. A
+                # cancelled call is aborted as a timed-out one is.
+                self._abort(pending, hard)
                 raise
             # The common case first: the complete, successful reply to this command.
             if raw and not _reply_code(frame, len(frame), pending.expect_type,
@@ -1223,18 +1306,25 @@ class Reader:
                 if check and event.bStatus & 0xC0:
                     raise engine.error_for(event, pending)
                 return frame if raw else event
+            stop = self._stop_reason()
+            if stop is not None:  # a time extension or a stale frame: a wait goes on
+                if isinstance(stop, OperationCancelledError):
+                    self._abort(pending, hard)
+                raise stop
             if isinstance(event, Discarded):
                 continue
             multiplier = max(1, event.multiplier)
 
-    def _receive(self, seq: int, timeout: float) -> bytes:
-        """The next frame for ``seq`` (or a stale one), routing others' replies by bSeq."""
+    def _receive(self, seq: int, slot: int, timeout: float) -> bytes:
+        """The next frame for (``seq``, ``slot``) (or a stale one), routing others'
+        replies by (bSeq, bSlot)."""
         end = time.monotonic() + timeout
         if self._serial:
             return self._read_frame(end)
+        key = (seq, slot)
         with self._rx:
             while True:
-                frame = self._mailbox.pop(seq, None)
+                frame = self._mailbox.pop(key, None)
                 if frame is not None:
                     return frame
                 if not self._rx_busy:
@@ -1243,15 +1333,19 @@ class Reader:
                 left = end - time.monotonic()
                 if left <= 0:
                     raise ReaderTimeoutError("no reply in time", reader=self.name)
-                self._rx.wait(left)
+                self._rx.wait(min(left, CANCEL_SLICE))
+                stop = self._stop_reason()
+                if stop is not None:
+                    raise stop
         try:
             while True:
                 frame = self._read_frame(end)
                 fseq = frame[6] if len(frame) > 6 else -1
-                if fseq == seq or fseq not in self._outstanding:
+                fslot = frame[5] if len(frame) > 6 else -1
+                if fseq == seq or self._outstanding.get(fseq) != fslot:
                     return frame
                 with self._rx:
-                    self._mailbox[fseq] = frame
+                    self._mailbox[(fseq, fslot)] = frame
                     self._rx.notify_all()
         finally:
             with self._rx:
@@ -1269,7 +1363,7 @@ class Reader:
             return self._read_frame(end)
         try:
             if got is None:
-                got = transport.read(wait)
+                got = self._read_sliced(transport, wait)
             elif isinstance(got, BaseException):
                 raise got
             frame = assembler.feed(got)
@@ -1310,7 +1404,7 @@ class Reader:
                 # whole card timeout for bytes that will never come.
                 left = CONTINUATION_WAIT
             try:
-                chunk = transport.read(left)
+                chunk = self._read_sliced(transport, left)
             except ReaderTimeoutError:
                 assembler.reset()
                 if cut:  # silence within the call's time: the frame was cut short
@@ -1338,15 +1432,20 @@ class Reader:
                     transport.trace_in(frame)
                 return frame
 
-    def _abort(self, pending: Pending) -> None:
-        """ABORT class request, then PC_to_RDR_Abort, then wait for its answer (CCID 5.3.1)."""
+    def _abort(self, pending: Pending, end: float) -> None:
+        """ABORT class request, then PC_to_RDR_Abort, then wait for its answer (CCID 5.3.1),
+        all before ``end`` (the call's ceiling) and within ABORT_WAIT."""
         transport = self._transport
         if transport is None or self._closed:
+            return
+        end = min(end, _monotonic() + ABORT_WAIT)
+        if end - _monotonic() <= 0.002:
+            log.info("%s: no time left in the call to abort the command", self.name)
             return
         seq = self._engine.next_seq()
         try:
             transport.class_request_out(ClassRequest.ABORT, (seq << 8) | pending.slot,
-                                        ABORT_WAIT)
+                                        max(0.001, end - _monotonic()))
         except ReaderRemovedError:
             self._lost()
             raise
@@ -1354,28 +1453,39 @@ class Reader:
             log.info("%s: ABORT class request failed: %s", self.name, exc)
         abort = self._engine.abort(pending.slot, seq=seq)
         abort.stale = 0
-        end = time.monotonic() + ABORT_WAIT
+        tls = self._tls
+        caller = getattr(tls, "card", None)
+        tls.card = None  # the abort itself is not cancellable
         try:
-            self._write(transport, abort.frame, ABORT_WAIT / 2)
+            left = end - _monotonic()
+            if left <= 0.001:
+                return
+            self._write(transport, abort.frame, left)
             with self._rx:
-                self._outstanding.add(abort.seq)
+                self._outstanding[abort.seq] = abort.slot
             try:
                 while time.monotonic() < end:
                     try:
-                        frame = self._receive(abort.seq, max(0.01, end - time.monotonic()))
+                        frame = self._receive(abort.seq, abort.slot,
+                                              max(0.001, end - time.monotonic()))
                     except ProtocolError:
                         continue  # the rest of the aborted command's reply: skip it
                     if len(frame) >= 7 and frame[6] == abort.seq:
                         return
             finally:
                 with self._rx:
-                    self._outstanding.discard(abort.seq)
+                    if self._outstanding.get(abort.seq) == abort.slot:
+                        del self._outstanding[abort.seq]
         except ReaderRemovedError:
             self._lost()
             raise
         except CCIDError as exc:
             log.info("%s: PC_to_RDR_Abort got no answer: %s", self.name, exc)
-            self._drain(0.05)
+            quiet = min(0.02, end - _monotonic())
+            if quiet > 0:
+                self._drain(quiet)
+        finally:
+            tls.card = caller
 
     def _recover(self) -> None:
         """After a mismatched reply: drop whatever is queued so the next command is clean."""
@@ -1428,9 +1538,10 @@ class Reader:
                 except CCIDError:
                     break
                 fseq = frame[6] if len(frame) > 6 else -1
+                fslot = frame[5] if len(frame) > 6 else -1
                 with self._rx:
-                    if fseq in self._outstanding:
-                        self._mailbox[fseq] = frame
+                    if self._outstanding.get(fseq) == fslot:
+                        self._mailbox[(fseq, fslot)] = frame
                         self._rx.notify_all()
         finally:
             with self._rx:
@@ -1829,7 +1940,7 @@ class Reader:
             raise UsageError("character-level readers are not supported", reader=self.name)
         return self._t0_run(s, apdu, ceiling, raw_t0)
 
-    def _hold(self, ceiling: float) -> bool:
+    def _hold(self, deadline: float) -> bool:
         """Take a one-busy-slot reader for a whole APDU exchange; True when taken.
 
         As pcscd does: another slot's command cannot slip between the TPDUs, T=1 blocks
@@ -1838,10 +1949,8 @@ class Reader:
         """
         if not self._serial:
             return False
-        if not self._busy.acquire(timeout=ceiling):
-            raise ReaderTimeoutError(
-                f"the reader stayed busy with other slots for {ceiling:.1f} s",
-                reader=self.name)
+        if not self._busy.acquire(False):
+            self._acquire_busy(deadline, None)
         return True
 
     def _xfr(self, s: _Slot, data: bytes, deadline: float, *, bwi: int = 0,
@@ -1860,8 +1969,8 @@ class Reader:
             raise ReaderTimeoutError("the call's time ceiling was reached", reader=self.name,
                                      slot=s.index)
         wait = s.wait * bwi if bwi > 1 else s.wait
-        if wait > left:
-            wait = left
+        if wait > left * _WAIT_SHARE:
+            wait = _reply_wait(left)
         transport = self._lean(held)
         if transport is not None:
             # The per-block path of chunked exchanges: write, one read, one reply check.
@@ -1923,7 +2032,7 @@ class Reader:
             self._lost()
             raise
         try:
-            return transport.read(wait)
+            return self._read_sliced(transport, wait)
         except CCIDError as exc:
             return exc
 
@@ -1962,7 +2071,7 @@ class Reader:
                 if left <= 0:
                     raise ReaderTimeoutError("the call's time ceiling was reached",
                                              reader=self.name, slot=s.index)
-                wait = s.wait if s.wait < left else left
+                wait = s.wait if s.wait < left * _WAIT_SHARE else _reply_wait(left)
                 got = self._write_read(transport, frame, wait, left)
                 if type(got) is bytes:
                     following = step(next_seq(), got)
@@ -2000,7 +2109,7 @@ class Reader:
     def _t0_run(self, s: _Slot, apdu: bytes, ceiling: float, raw: bool) -> bytes:
         exchange = T0Exchange(apdu, auto_get_response=self.auto_get_response and not raw)
         deadline = _monotonic() + ceiling
-        held = self._hold(ceiling)
+        held = self._hold(deadline)
         try:
             while True:
                 tpdu = exchange.next_tpdu()
@@ -2022,7 +2131,7 @@ class Reader:
         xfr = self._xfr
         deadline = _monotonic() + ceiling
         bwi = 0
-        held = self._hold(ceiling)
+        held = self._hold(deadline)
         try:
             limit = self._engine.max_message_length
             if apdu is not None and (not limit or limit >= HEADER_SIZE + 5 + t1.ifsc):
@@ -2084,7 +2193,7 @@ class Reader:
                     f"APDU of {len(apdu)} bytes does not fit a short-APDU reader "
                     "(at most 261 bytes: 4 header + Lc + 255 data + Le)", reader=self.name)
             return self._xfr(s, apdu, deadline)[HEADER_SIZE:]
-        held = self._hold(ceiling)
+        held = self._hold(deadline)
         try:
             if len(apdu) <= room:  # one message: the common case, no chaining plumbing
                 frame = self._xfr(s, apdu, deadline, held=held)
@@ -2232,6 +2341,11 @@ class Card:
         self._generation = -1
         self._presence = -1
         self._connected = False
+        #: Calls of this handle in flight (any thread), and whether cancel() asked them
+        #: to stop; the flag is cleared when the last of them ends.
+        self._calls = 0
+        self._cancel = False
+        self._calls_lock = threading.Lock()
 
     def __repr__(self) -> str:
         state = "connected" if self._connected else "disconnected"
@@ -2248,6 +2362,71 @@ class Card:
         self._release()
 
     # --- bookkeeping ------------------------------------------------------------------
+
+    def _enter(self, ceiling: float) -> float:
+        """Start one call of this handle: take the slot within ``ceiling`` seconds and
+        return the time left. Pair with :meth:`_leave`.
+
+        Another handle's transaction holds the slot: wait for its end (other threads), or
+        refuse at once in the transaction's own thread (it could only wait for itself).
+        """
+        s = self._s
+        owner = s.owner
+        if owner is not None and owner is not self and \
+                s.owner_thread == threading.get_ident():
+            raise SharingViolationError(
+                "another handle on this card holds a transaction in this thread; use that "
+                "handle, or end its transaction first", reader=self.reader.name,
+                slot=self.slot)
+        with self._calls_lock:
+            self._calls += 1
+        tls = self.reader._tls
+        tls.card = self
+        try:
+            if s.lock.acquire(False):
+                return ceiling
+            return self._wait_slot(ceiling)
+        except BaseException:
+            tls.card = None
+            self._done()
+            raise
+
+    def _wait_slot(self, ceiling: float) -> float:
+        """Wait for the slot lock held by another thread; the ceiling left once taken."""
+        s = self._s
+        start = _monotonic()
+        end = start + ceiling
+        while True:
+            left = end - _monotonic()
+            if left <= 0:
+                owner = s.owner
+                if owner is not None and owner is not self:
+                    raise SharingViolationError(
+                        f"another handle holds a transaction on this card; waited the "
+                        f"call's timeout of {ceiling:g} s for it to end",
+                        reader=self.reader.name, slot=self.slot)
+                raise ReaderTimeoutError(
+                    f"the slot stayed busy with another thread's call for the call's timeout "
+                    f"of {ceiling:g} s", reader=self.reader.name, slot=self.slot)
+            if s.lock.acquire(timeout=min(left, CANCEL_SLICE)):
+                return max(0.0, end - _monotonic())
+            if self._cancel:
+                raise OperationCancelledError(
+                    "the call was cancelled (Card.cancel()) while it waited for the slot",
+                    reader=self.reader.name, slot=self.slot)
+            self.reader._check_usable()
+
+    def _leave(self) -> None:
+        """End a call started by :meth:`_enter` (the slot lock is released)."""
+        self.reader._tls.card = None
+        self._s.lock.release()
+        self._done()
+
+    def _done(self) -> None:
+        with self._calls_lock:
+            self._calls -= 1
+            if not self._calls:
+                self._cancel = False
 
     def _adopt(self) -> None:
         s = self._s
@@ -2330,7 +2509,8 @@ class Card:
     def _transmit(self, apdu: bytes, ceiling: float, raw: bool) -> bytes:
         reader = self.reader
         s = self._s
-        with s.lock:
+        ceiling = self._enter(ceiling)
+        try:
             self._check()
             try:
                 return reader._transmit(s, apdu, ceiling, raw)
@@ -2354,20 +2534,59 @@ class Card:
                 if changed is None:
                     raise
                 raise changed from exc
+        finally:
+            self._leave()
+
+    def cancel(self) -> None:
+        """End this handle's calls in flight in other threads (as PC/SC's SCardCancel).
+
+        Safe from any thread. A transmit waiting for the card, or a call waiting for the
+        slot, ends within about ``CANCEL_SLICE`` seconds with OperationCancelledError; a
+        command in flight is aborted (CCID ABORT) exactly as after a timeout, so the
+        reader and the card stay usable. Without a call in flight it does nothing (the
+        next call is not affected).
+        """
+        with self._calls_lock:
+            if self._calls:
+                self._cancel = True
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[Card]:
-        """Hold the slot for a sequence of APDUs (other handles and threads wait)."""
-        with self._s.lock:
+    def transaction(self, *, timeout: float | None = None) -> Iterator[Card]:
+        """Hold the card for a sequence of APDUs, as PC/SC's SCardBeginTransaction.
+
+        While the block runs, calls of every other handle on this card wait for its end,
+        each within its own timeout: a call that runs out of time waiting raises
+        SharingViolationError (pcsc-lite answers SCARD_E_SHARING_VIOLATION to another
+        handle during a transaction, and its client library retries until the lock goes).
+        In the transaction's own thread another handle cannot wait for it, so its calls
+        raise SharingViolationError at once. ``timeout`` (default: the reader's) bounds the
+        wait for the transaction to begin; ``cancel()`` ends that wait too.
+        """
+        reader = self.reader
+        s = self._s
+        ceiling = reader.timeout if timeout is None else _as_seconds(timeout, "timeout",
+                                                                     reader.name, self.slot)
+        self._enter(ceiling)
+        reader._tls.card = None
+        self._done()  # a transaction holds the slot, it is not a call in flight
+        try:
             self._check()
-            yield self
+            owner, thread = s.owner, s.owner_thread
+            s.owner, s.owner_thread = self, threading.get_ident()
+            try:
+                yield self
+            finally:
+                s.owner, s.owner_thread = owner, thread
+        finally:
+            s.lock.release()
 
     def reset(self, cold: bool = False, *, protocol: Any = None) -> None:
         """Reset the card (warm by default) and renegotiate; other handles see CardResetError."""
         reader = self.reader
         s = self._s
         wanted = _protocol_number(protocol, reader.name, self.slot)
-        with s.lock:
+        ceiling = self._enter(reader.timeout)
+        try:
             reader._check_usable()
             if not self._connected:
                 raise UsageError("the card handle is disconnected", reader=reader.name,
@@ -2376,27 +2595,32 @@ class Card:
                 reader._power_off(s)
             if wanted is None and s.protocol is not None and self._generation == s.generation:
                 wanted = s.protocol
-            reader._power_up(s, wanted, reader.timeout)
+            reader._power_up(s, wanted, ceiling)
             with s.state_lock:
                 self._generation = s.generation
                 self._presence = s.presence
+        finally:
+            self._leave()
 
     def reconnect(self, protocol: Any = None) -> None:
         """Accept a reset or a new card: power it if needed and take the new generation."""
         reader = self.reader
         s = self._s
-        with s.lock:
+        wanted = _protocol_number(protocol, reader.name, self.slot)
+        ceiling = self._enter(reader.timeout)
+        try:
             reader._check_usable()
             if not self._connected:
                 raise UsageError("the card handle is disconnected", reader=reader.name,
                                  slot=self.slot)
-            wanted = _protocol_number(protocol, reader.name, self.slot)
             if self.mode != "direct" and (not s.powered or
                                           (wanted is not None and wanted != s.protocol)):
-                reader._power_up(s, wanted, reader.timeout)
+                reader._power_up(s, wanted, ceiling)
             with s.state_lock:
                 self._generation = s.generation
                 self._presence = s.presence
+        finally:
+            self._leave()
 
     def disconnect(self, disposition: Disposition = "leave") -> None:
         """Release the handle; "reset", "unpower" or "eject" act on the card first."""
@@ -2516,14 +2740,18 @@ class Card:
         name = "Card.verify_pin" if operation == 0 else "Card.modify_pin"
         span = _trace.span(reader.name, name) if (
             _trace is not None and _trace.enabled) else _NO_SPAN
-        with span, s.lock:
-            self._check()
-            if reader.descriptor.exchange_level == ExchangeLevel.TPDU and s.protocol == 1:
-                raise UsageError(
-                    "PIN entry on a TPDU-level reader with a T=1 card needs the T=1 "
-                    "prologue handled by the pinpad; not supported yet", reader=reader.name,
-                    slot=self.slot)
-            response = reader._secure(s, payload, float(timeout))
+        with span:
+            self._enter(reader.timeout + float(timeout))
+            try:
+                self._check()
+                if reader.descriptor.exchange_level == ExchangeLevel.TPDU and s.protocol == 1:
+                    from ccid.pinpad_t1 import secure_t1  # the T=1 prologue and the card's block
+
+                    response = secure_t1(reader, s, payload, len(apdu), float(timeout))
+                else:
+                    response = reader._secure(s, payload, float(timeout))
+            finally:
+                self._leave()
         if len(response) == 2 and response[0] == 0x61 and (
                 reader.descriptor.exchange_level == ExchangeLevel.TPDU):
             # T=0 at TPDU level: the reader hands back 61xx; fetch the rest.

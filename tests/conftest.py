@@ -1,4 +1,4 @@
-"""Shared fixtures: the reference corpus in ../shared/reference."""
+"""Shared fixtures: the test data in tests/data/ (rebuilt by tools/derive_test_data.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,12 @@ import pytest
 from hypothesis import settings
 
 ROOT = Path(__file__).resolve().parent.parent
-REFERENCE = Path(os.environ.get("CCID_REFERENCE", ROOT.parent / "shared" / "reference"))
+#: The reference corpus as the suite reads it: the copy carried in the repository, so a clone
+#: anywhere runs every test. tools/derive_test_data.py --check compares it with its source.
+DATA = ROOT / "tests" / "data"
+REFERENCE = DATA
+#: The driver log of a Gemalto CT700 opening on OS X El Capitan (a seed article's log lines).
+CT700_LOG = DATA / "ct700_el_capitan_log.txt"
 
 # CI asks for a few thousand examples per parser; local runs may lower it.
 settings.register_profile("ci", max_examples=2000, deadline=None)
@@ -22,13 +27,12 @@ settings.register_profile("dev", max_examples=300, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
-def _load(name: str) -> Any:
-    path = REFERENCE / name
+def load_data(name: str) -> Any:
+    """One JSON file of tests/data/. A missing file is a broken checkout: the test fails
+    (everywhere, CI included) instead of skipping what it was meant to check."""
+    path = DATA / name
     if not path.exists():
-        if os.environ.get("CI"):
-            # In CI shared/ is beside the clone: a missing corpus is a broken set-up, not a skip.
-            raise FileNotFoundError(f"reference corpus missing in CI: {path}")
-        pytest.skip(f"reference corpus not found at {path} (set CCID_REFERENCE)")
+        pytest.fail(f"test data missing: {path} (run tools/derive_test_data.py)", pytrace=False)
     with path.open(encoding="utf-8") as fh:
         return json.load(fh)
 
@@ -36,19 +40,19 @@ def _load(name: str) -> Any:
 @pytest.fixture(scope="session")
 def descriptor_corpus() -> dict[str, Any]:
     """libccid 1.8.2's 691 descriptor dumps, parsed (773 interfaces)."""
-    return _load("libccid_reader_descriptors.json")  # type: ignore[no-any-return]
+    return load_data("libccid_reader_descriptors.json")  # type: ignore[no-any-return]
 
 
 @pytest.fixture(scope="session")
 def supported_readers() -> dict[str, Any]:
     """libccid 1.8.2's supported_readers.txt, parsed."""
-    return _load("libccid_supported_readers.json")  # type: ignore[no-any-return]
+    return load_data("libccid_supported_readers.json")  # type: ignore[no-any-return]
 
 
 @pytest.fixture(scope="session")
 def ct700_vectors() -> dict[str, Any]:
     """Real bytes from a Gemalto CT700, by vector name."""
-    data = _load("ct700_vectors.json")
+    data = load_data("ct700_vectors.json")
     return {v["name"]: v for v in data["vectors"]}
 
 

@@ -86,7 +86,7 @@ def test_supported_known_and_unknown() -> None:
 def test_udev_rules_match_committed_file(tmp_path: Path) -> None:
     r = run("udev-rules")
     assert r.returncode == 0
-    committed = (ROOT / "rules" / "92_pcscd_ccid.rules").read_text(encoding="utf-8")
+    committed = (ROOT / "rules" / "92-ccid-python.rules").read_text(encoding="utf-8")
     assert r.stdout == committed
     out = tmp_path / "r.rules"
     r = run("udev-rules", "--uaccess", "-o", str(out))
@@ -94,22 +94,33 @@ def test_udev_rules_match_committed_file(tmp_path: Path) -> None:
     assert 'TAG+="uaccess"' in out.read_text(encoding="utf-8")
 
 
-def test_udev_install_refused_without_rights(tmp_path: Path) -> None:
-    # a directory nobody can write into, whoever we are: a path below a regular file
+def test_udev_install_into_a_missing_directory_says_so(tmp_path: Path) -> None:
+    # a directory that cannot exist, whoever we are: a path below a regular file
     blocker = tmp_path / "file"
     blocker.write_text("x")
     r = run("udev-rules", "--install", "--rules-dir", str(blocker / "rules.d"))
     assert r.returncode == 1
-    assert "root" in r.stderr and "Traceback" not in r.stderr
+    assert "does not exist" in r.stderr and "run as root" not in r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.splitlines()) == 1
     assert not (blocker.parent / "rules.d").exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
+def test_udev_install_refused_without_rights(tmp_path: Path) -> None:
+    locked = tmp_path / "rules.d"
+    locked.mkdir(mode=0o500)
+    r = run("udev-rules", "--install", "--rules-dir", str(locked))
+    assert r.returncode == 1
+    assert "run as root" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_udev_install_writes_and_says_how_to_reload(tmp_path: Path) -> None:
     r = run("udev-rules", "--install", "--rules-dir", str(tmp_path))
     assert r.returncode == 0, r.stderr
-    assert (tmp_path / "92_pcscd_ccid.rules").read_text(encoding="utf-8") == run(
+    assert (tmp_path / "92-ccid-python.rules").read_text(encoding="utf-8") == run(
         "udev-rules").stdout
-    assert "udevadm control --reload" in r.stdout
+    assert "udevadm control --reload" in r.stdout and "groupadd --system pcscd" in r.stdout
+    assert not (tmp_path / "92_pcscd_ccid.rules").exists()  # libccid's file is left alone
     r = run("udev-rules", "--install", "--uaccess", "--rules-dir", str(tmp_path))
     assert 'TAG+="uaccess"' in (tmp_path / "70-ccid-uaccess.rules").read_text(encoding="utf-8")
 

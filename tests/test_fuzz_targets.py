@@ -29,15 +29,7 @@ TARGETS = fuzz.targets()
 BUDGET = 10_000
 
 
-#: Targets with known findings fixed on another branch (issue 11 item 8: trace loads lets
-#: JSONDecodeError/ValueError/OverflowError out). Drop the mark once that work is merged.
-KNOWN = {"trace"}
-
-
-@pytest.mark.parametrize("name", [
-    pytest.param(n, marks=pytest.mark.xfail(reason="issue 11 item 8 (trace loads)",
-                                            strict=False)) if n in KNOWN else n
-    for n in TARGETS])
+@pytest.mark.parametrize("name", list(TARGETS))
 def test_target_has_no_findings(name: str) -> None:
     target = TARGETS[name]
     if target.needs_c and fuzz.c is None:

@@ -261,16 +261,14 @@ def test_bad_template(template: bytes) -> None:
         card.verify_pin(template)
 
 
-def test_direct_mode_and_t1_at_tpdu_level_are_refused() -> None:
+def test_direct_mode_is_refused() -> None:
     vr = pinpad(PinEntry("1234"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         reader = ccid.open_reader(backend=VirtualBackend(vr), events=False)
     with reader, reader.connect(mode="direct") as direct, pytest.raises(UsageError):
         direct.verify_pin(VERIFY)
-    t1 = pinpad(PinEntry("1234"), VirtualCard(protocols=(1,)))
-    with connected(t1) as card, pytest.raises(UsageError, match="T=1"):
-        card.verify_pin(VERIFY)
+    # T=1 at TPDU level works: tests/test_pinpad_t1.py.
 
 
 class _LongerTimeout(Quirk):

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import CT700_LOG
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -333,11 +334,8 @@ def test_summary_reads_a_pcscd_log(tmp_path: Path) -> None:
 
 
 def test_summary_reads_the_seed_log_lines() -> None:
-    # The El Capitan CT700 log of the seeds: no delta column, frames after a prefix.
-    seed = Path(__file__).resolve().parents[2] / "shared" / "seeds" / "000_666070f5a73daebe.txt"
-    if not seed.exists():
-        pytest.skip("seed articles not available")
-    summary = trace.summarize(seed)
+    # The El Capitan CT700 driver log: no delta column, frames after a prefix.
+    summary = trace.summarize(CT700_LOG)
     names = {c.name: c for c in summary.calls}
     assert names["GetSlotStatus"].count == 2
     assert names["GetSlotStatus"].total == pytest.approx(0.004, abs=1e-6)  # 2 ms each
@@ -424,6 +422,7 @@ def run_session(backend: object, protocol: str | None = None) -> tuple[bytes, li
 def test_session_traced_summarised_and_replayed(tmp_path: Path, name: str,
                                                 protocol: str | None) -> None:
     from ccid.testing import preset
+    from ccid.testing.replay import replay
 
     path = tmp_path / "session.jsonl"
     trace.enable(path)
@@ -449,14 +448,14 @@ def test_session_traced_summarised_and_replayed(tmp_path: Path, name: str,
     assert str(summary).startswith("Results sorted by total execution time")
 
     # replayed into a virtual reader: the same answers, random ones included
-    backend = trace.replay(path)
+    backend = replay(path)
     replay_atr, replay_answers = run_session(backend, protocol)
     assert replay_atr == atr
     assert replay_answers == answers
     script = backend.readers[0].replay
     assert script.unmatched == []
     # a program that departs from the recorded path is told so, not answered by chance
-    backend2 = trace.replay(path)
+    backend2 = replay(path)
     import ccid
 
     with ccid.open_reader(backend=backend2, quirks=False) as reader:

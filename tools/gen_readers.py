@@ -47,8 +47,10 @@ notes: {{}}
 
 
 def default_reference() -> Path:
+    # tests/data/ carries the corpus (tools/derive_test_data.py keeps it equal to its source),
+    # so the database regenerates from a clone alone.
     env = os.environ.get("CCID_REFERENCE")
-    return Path(env) if env else ROOT.parent / "shared" / "reference"
+    return Path(env) if env else ROOT / "tests" / "data"
 
 
 # --- YAML rendering (by hand: stable, compact, hex where hex reads better) --------------

@@ -43,9 +43,13 @@ def _hex(data: bytes) -> str:
     return data.hex(" ").upper()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class ATR:
-    """A decoded ATR. Interface bytes are tuples indexed by level - 1 (``TA[0]`` is TA1)."""
+    """A decoded ATR. Interface bytes are tuples indexed by level - 1 (``TA[0]`` is TA1).
+
+    ``ATR(raw)`` decodes ``raw`` (the same as ``parse_atr(raw)``); ``ATRError`` when it is
+    malformed, and, unless ``check_tck=False``, when its check byte is wrong.
+    """
 
     raw: bytes
     convention: Literal["direct", "inverse"]
@@ -57,6 +61,15 @@ class ATR:
     historical: bytes
     TCK: int | None
     tck_ok: bool
+
+    def __init__(self, raw: bytes, *, check_tck: bool = True) -> None:
+        fields = _decode(raw, check_tck)
+        for name, value in zip(_FIELDS, fields, strict=True):
+            object.__setattr__(self, name, value)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # rebuilt from the bytes, which is all an ATR is; a wrong TCK stays allowed
+        return (_rebuild, (self.raw,))
 
     def __bytes__(self) -> bytes:
         return self.raw
@@ -301,13 +314,41 @@ def _truncated(what: str, raw: bytes) -> ATRError:
     return ATRError(f"truncated ATR: {what} missing after {len(raw)} bytes ({_hex(raw)})")
 
 
+_FIELDS: Final = ("raw", "convention", "T0", "TA", "TB", "TC", "TD", "historical", "TCK",
+                  "tck_ok")
+
+
+def _rebuild(raw: bytes) -> ATR:
+    return ATR(raw, check_tck=False)
+
+
 def parse_atr(raw: bytes, *, check_tck: bool = True) -> ATR:
     """Decode an ATR; ``ATRError`` when it is malformed.
 
     TCK is required when any TD offers a protocol other than T=0; a single extra byte
     after an ATR offering only T=0 is read as a (non-required) TCK and checked too.
     With ``check_tck=False`` a wrong TCK gives ``tck_ok=False`` instead of an error.
+    ``ATR(raw, check_tck=...)`` is the same call.
     """
+    return ATR(raw, check_tck=check_tck)
+
+
+_Decoded = tuple[
+    bytes,
+    Literal["direct", "inverse"],
+    int,
+    tuple[int | None, ...],
+    tuple[int | None, ...],
+    tuple[int | None, ...],
+    tuple[int | None, ...],
+    bytes,
+    int | None,
+    bool,
+]
+
+
+def _decode(raw: bytes, check_tck: bool) -> _Decoded:
+    """The ATR's fields in ``_FIELDS`` order (see ``parse_atr``)."""
     raw = _as_bytes(raw, "the ATR")
     if not raw:
         raise ATRError("empty ATR")
@@ -376,15 +417,5 @@ def parse_atr(raw: bytes, *, check_tck: bool = True) -> ATR:
         if not tck_ok and check_tck:
             expected = check ^ tck
             raise ATRError(f"wrong TCK 0x{tck:02X}, expected 0x{expected:02X} ({_hex(raw)})")
-    return ATR(
-        raw=raw,
-        convention=convention,
-        T0=t0,
-        TA=tuple(ta),
-        TB=tuple(tb),
-        TC=tuple(tc),
-        TD=tuple(td),
-        historical=historical,
-        TCK=tck,
-        tck_ok=tck_ok,
-    )
+    return (raw, convention, t0, tuple(ta), tuple(tb), tuple(tc), tuple(td), historical, tck,
+            tck_ok)

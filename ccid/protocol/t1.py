@@ -522,3 +522,26 @@ class T1Protocol:
         self.state = T1State.RESYNC_PENDING
         self._last_s = self._build(S_BLOCK | S_RESYNCH)
         return self._last_s
+
+    # --- PIN entry on a TPDU pinpad (PC_to_RDR_Secure) ---------------------------------
+
+    def secure_prologue(self, apdu: bytes) -> bytes:
+        """NAD, PCB and LEN of the I-block a TPDU pinpad sends for ``apdu`` (the PIN
+        APDU as in the structure: its PIN bytes are replaced, its length is not).
+
+        The exchange is under way from here, as after :meth:`start`: the block the reader
+        returns goes to :meth:`step`; :meth:`secure_cancel` if the pinpad sent nothing.
+        A pinpad sends one block: an APDU longer than IFSC is refused.
+        """
+        if len(apdu) > self.ifsc:
+            raise UsageError(f"the PIN APDU ({len(apdu)} bytes) does not fit in one T=1 "
+                             f"block (IFSC {self.ifsc})")
+        return self.start(apdu)[:3]
+
+    def secure_cancel(self) -> None:
+        """The pinpad did not send the block (cancelled, timed out, refused) or the card
+        did not take it: nothing moved, the sequence numbers stay as they were."""
+        self.state = T1State.IDLE
+        self._apdu = self._chunk = b""
+        self._response.clear()
+

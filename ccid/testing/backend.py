@@ -130,8 +130,11 @@ class VirtualDevice:
     def from_descriptor_dump(cls, entry: Mapping[str, Any], **device_kwargs: Any
                              ) -> VirtualDevice:
         """Every interface of a corpus dump, as one device."""
+        from ccid.testing.iccd import IccdReader, is_iccd_dump
+
         dumps = entry.get("interfaces") or [entry]
-        readers = [VirtualReader.from_descriptor_dump(entry, i) for i in range(len(dumps))]
+        readers = [(IccdReader if is_iccd_dump(d) else VirtualReader).from_descriptor_dump(
+            entry, i) for i, d in enumerate(dumps)]
         return cls(readers, **device_kwargs)
 
     # --- descriptors --------------------------------------------------------------------
@@ -559,7 +562,11 @@ class VirtualBackend(usb.backend.IBackend):  # type: ignore[misc]
             reader = dev.by_interface.get(wIndex & 0xFF)
             if reader is None:
                 raise _usb_error(errno.EPIPE)
-            if bmRequestType == 0x21 and bRequest == 0x01:
+            special = self._special_request(dev, reader, bmRequestType, bRequest, wValue,
+                                            data)
+            if special is not None:
+                answer = special
+            elif bmRequestType == 0x21 and bRequest == 0x01:
                 reader.class_abort(wValue & 0xFF, wValue >> 8)
                 answer = b""
             elif bmRequestType == 0xA1 and bRequest == 0x02:
@@ -582,6 +589,24 @@ class VirtualBackend(usb.backend.IBackend):  # type: ignore[misc]
             memoryview(data).cast("B")[:n] = answer[:n]
             return n
         return len(data) * data.itemsize
+
+    @staticmethod
+    def _special_request(dev: VirtualDevice, reader: VirtualReader, request_type: int,
+                         request: int, value: int, data: array.array[int]
+                         ) -> bytes | str | None:
+        """A class request the reader model answers itself (ICCD tokens), else None."""
+        handler = getattr(reader, "control_request", None)
+        if handler is None:
+            return None
+        size = len(data) * data.itemsize if data is not None else 0
+        payload = b"" if request_type & 0x80 or data is None else data.tobytes()
+        try:
+            answer: bytes | str | None = handler(request_type, request, value, payload,
+                                                 size if request_type & 0x80 else 0)
+        except _UnplugNow:
+            dev.unplug()
+            raise _usb_error(errno.ENODEV) from None
+        return answer
 
     def _standard(self, dev: VirtualDevice, rtype: int, req: int, value: int, index: int
                   ) -> bytes | str:

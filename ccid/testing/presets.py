@@ -16,10 +16,11 @@ from ccid.constants import MessageType
 from ccid.errors import UsageError
 from ccid.testing.backend import VirtualBackend, VirtualDevice
 from ccid.testing.faults import NoAnswer
+from ccid.testing.iccd import IccdReader, is_iccd_dump
 from ccid.testing.reader import VirtualReader
 
-__all__ = ["CT700_ESCAPE_FIRMWARE", "CT700_ESCAPE_L10N", "PRESETS", "preset", "preset_dump",
-           "preset_reader"]
+__all__ = ["CT700_ESCAPE_FIRMWARE", "CT700_ESCAPE_L10N", "ICCD_PRESETS", "PRESETS", "preset",
+           "preset_dump", "preset_reader"]
 
 #: One line per preset: what kind of reader it is.
 PRESETS: dict[str, str] = {
@@ -31,6 +32,16 @@ PRESETS: dict[str, str] = {
     "two-slot-concurrent": "SpringCard SpringCore 1C34:6012: 2 slots, extended APDU, 5 busy",
     "no-interrupt": "Canokey 20A0:42D4: extended APDU token without interrupt endpoint",
     "iccd-token": "Feitian ePass2003Auto 096E:080A: ICCD token (dwFeatures 0x800), bulk",
+}
+
+#: ICCD tokens driven over the control pipe (``ccid.testing.iccd``), by name: a bulk
+#: CCID link cannot talk to them, so they are listed apart from ``PRESETS``.
+ICCD_PRESETS: dict[str, str] = {
+    "iccd-a": "BIFIT iBank2Key 23A0:0002: ICCD version A, control pipe only, T=0",
+    "iccd-a-tpdu": "ActivCard USB Reader V2 09C3:0008: ICCD version A with bulk endpoints "
+                   "(driven over control, as libccid does), T=0/T=1, firmware 2.02 (bogus)",
+    "iccd-b": "Aktiv Rutoken Magistra 0A89:0060: ICCD version B, control pipe only, T=1",
+    "iccd-b-t0": "KEB KONA USB SmartCard 04CC:5072: ICCD version B, T=0, interrupt endpoint",
 }
 
 #: The CT700's localisation-strings escape (it never answers it).
@@ -210,12 +221,88 @@ _DUMPS: dict[str, dict[str, Any]] = {
 }
 
 
+# ICCD tokens (control pipe), from their corpus dumps.
+_DUMPS.update({
+    "iccd-a": {
+        "file": "BIFIT_iBank2key.txt", "idVendor": 0x23A0, "idProduct": 0x0002,
+        "bcdDevice": 0x0100, "iManufacturer": "BIFIT", "iProduct": "iBank2Key", "bLength": 54,
+        "bDescriptorType": 33, "bcdCCID": 0x0110, "bMaxSlotIndex": 0, "bVoltageSupport": 1,
+        "dwProtocols": 1, "dwDefaultClock": 3580, "dwMaximumClock": 3580, "bNumClockSupported": 0,
+        "dwDataRate": 9600, "dwMaxDataRate": 9600, "bNumDataRatesSupported": 0, "dwMaxIFSD": 64,
+        "dwSynchProtocols": 0, "dwMechanical": 0, "dwFeatures": 0x00000840,
+        "dwMaxCCIDMessageLength": 271, "bClassGetResponse": 255, "bClassEnvelope": 255,
+        "wLcdLayout": 0, "bPINSupport": 0, "bMaxCCIDBusySlots": 1, "data_rates_bps": [],
+        "clock_frequencies_khz": [], "data_rates_request_error": "Success",
+        "notes": ["wrong size for GET CLOCK FREQUENCIES: 1"],
+        "interface": {
+            "bLength": 9, "bDescriptorType": 4, "bInterfaceNumber": 0, "bAlternateSetting": 0,
+            "bNumEndpoints": 0, "bInterfaceClass": 11, "bInterfaceSubClass": 0,
+            "bInterfaceProtocol": 1,
+        },
+    },
+    "iccd-a-tpdu": {
+        "file": "ActivCardV2.txt", "idVendor": 0x09C3, "idProduct": 0x0008, "bcdDevice": 0x0202,
+        "iManufacturer": "ActivCard", "iProduct": "ActivCard USB Reader V2", "bLength": 54,
+        "bDescriptorType": 33, "bcdCCID": 0x0100, "bMaxSlotIndex": 0, "bVoltageSupport": 1,
+        "dwProtocols": 3, "dwDefaultClock": 4000, "dwMaximumClock": 4000, "bNumClockSupported": 0,
+        "dwDataRate": 9600, "dwMaxDataRate": 115200, "bNumDataRatesSupported": 0,
+        "dwMaxIFSD": 252, "dwSynchProtocols": 0, "dwMechanical": 0, "dwFeatures": 0x000100BA,
+        "dwMaxCCIDMessageLength": 263, "bClassGetResponse": 255, "bClassEnvelope": 255,
+        "wLcdLayout": 0, "bPINSupport": 0, "bMaxCCIDBusySlots": 1, "data_rates_bps": [],
+        "clock_frequencies_khz": [], "data_rates_request_error": "", "clock_request_error": "",
+        "notes": ["UNSUPPORTED SubClass", "UNSUPPORTED InterfaceProtocol"],
+        "interface": {
+            "bLength": 9, "bDescriptorType": 4, "bInterfaceNumber": 0, "bAlternateSetting": 0,
+            "bNumEndpoints": 3, "bInterfaceClass": 11, "bInterfaceSubClass": 1,
+            "bInterfaceProtocol": 1,
+        },
+    },
+    "iccd-b": {
+        "file": "Aktiv_Rutoken_Magistra.txt", "idVendor": 0x0A89, "idProduct": 0x0060,
+        "bcdDevice": 0x0102, "iManufacturer": "Aktiv Co., ProgramPark",
+        "iProduct": "Rutoken Magistra", "bLength": 54, "bDescriptorType": 33, "bcdCCID": 0x0100,
+        "bMaxSlotIndex": 0, "bVoltageSupport": 1, "dwProtocols": 2, "dwDefaultClock": 3580,
+        "dwMaximumClock": 3580, "bNumClockSupported": 0, "dwDataRate": 9600,
+        "dwMaxDataRate": 9600, "bNumDataRatesSupported": 0, "dwMaxIFSD": 254,
+        "dwSynchProtocols": 0, "dwMechanical": 0, "dwFeatures": 0x00020840,
+        "dwMaxCCIDMessageLength": 261, "bClassGetResponse": 255, "bClassEnvelope": 255,
+        "wLcdLayout": 0, "bPINSupport": 0, "bMaxCCIDBusySlots": 1, "data_rates_bps": [],
+        "clock_frequencies_khz": [], "data_rates_request_error": "Broken pipe",
+        "clock_request_error": "Broken pipe", "notes": [],
+        "interface": {
+            "bLength": 9, "bDescriptorType": 4, "bInterfaceNumber": 0, "bAlternateSetting": 0,
+            "bNumEndpoints": 0, "bInterfaceClass": 11, "bInterfaceSubClass": 0,
+            "bInterfaceProtocol": 2,
+        },
+    },
+    "iccd-b-t0": {
+        "file": "KEBTechnology_KONA_USB_SmartCard.txt", "idVendor": 0x04CC, "idProduct": 0x5072,
+        "bcdDevice": 0x0100, "iManufacturer": "KEBTechnology", "iProduct": "KONA USB SmartCard",
+        "bLength": 54, "bDescriptorType": 33, "bcdCCID": 0x0110, "bMaxSlotIndex": 0,
+        "bVoltageSupport": 1, "dwProtocols": 1, "dwDefaultClock": 3580, "dwMaximumClock": 3580,
+        "bNumClockSupported": 0, "dwDataRate": 9600, "dwMaxDataRate": 9600,
+        "bNumDataRatesSupported": 0, "dwMaxIFSD": 254, "dwSynchProtocols": 0, "dwMechanical": 0,
+        "dwFeatures": 0x00000840, "dwMaxCCIDMessageLength": 261, "bClassGetResponse": 255,
+        "bClassEnvelope": 255, "wLcdLayout": 0, "bPINSupport": 0, "bMaxCCIDBusySlots": 1,
+        "data_rates_bps": [], "clock_frequencies_khz": [],
+        "data_rates_request_error": "Broken pipe", "clock_request_error": "Broken pipe",
+        "notes": [],
+        "interface": {
+            "bLength": 9, "bDescriptorType": 4, "bInterfaceNumber": 0, "bAlternateSetting": 0,
+            "bNumEndpoints": 1, "bInterfaceClass": 11, "bInterfaceSubClass": 0,
+            "bInterfaceProtocol": 2,
+        },
+    },
+})
+
+
 def preset_dump(name: str) -> dict[str, Any]:
     """The embedded corpus facts of a preset (a copy)."""
     try:
         dump = _DUMPS[name]
     except KeyError:
-        raise UsageError(f"no preset {name!r}; known: {', '.join(PRESETS)}") from None
+        raise UsageError(f"no preset {name!r}; known: "
+                         f"{', '.join([*PRESETS, *ICCD_PRESETS])}") from None
     return {k: (list(v) if isinstance(v, list) else dict(v) if isinstance(v, dict) else v)
             for k, v in dump.items()}
 
@@ -224,8 +311,9 @@ def preset_reader(name: str, card: Any = _DEFAULT, **overrides: Any) -> VirtualR
     """A preset reader; ``card``: inserted in slot 0 (default: a ``VirtualCard()``;
     None: empty). ``overrides`` go to ``VirtualReader`` (serial, escape_handler, …)."""
     dump = preset_dump(name)
-    reader = VirtualReader.from_descriptor_dump({"file": dump["file"], "interfaces": [dump]},
-                                                **overrides)
+    kind = IccdReader if is_iccd_dump(dump) else VirtualReader
+    reader = kind.from_descriptor_dump({"file": dump["file"], "interfaces": [dump]},
+                                       **overrides)
     reader.name = name
     if name == "ct700":
         escape = frozenset({MessageType.PC_to_RDR_Escape})

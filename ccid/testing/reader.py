@@ -215,7 +215,7 @@ class VirtualReader:
     ``responder`` (optional) sees every complete PC_to_RDR frame before the model and
     before armed faults: it returns the RDR_to_PC frames to answer with (time extensions
     first, the final reply last; an empty list leaves the command unanswered), or None to
-    let the model answer. Trace replay (``ccid.trace.replay``) is built on it; tests use
+    let the model answer. Trace replay (``ccid.testing.replay``) is built on it; tests use
     it to script a reader's answers byte for byte.
     """
 
@@ -1286,10 +1286,29 @@ class VirtualReader:
             return self._fail(cmd, s.index, seq, 11), 0.0
         delay = float(getattr(s.card, "delay", 0.0) or 0.0)
         s.pps_window = False
+        if self.level == ExchangeLevel.TPDU and s.protocol == 1:
+            return self._secure_t1(s, seq, payload, layout.apdu_at - 3, apdu, delay)
         resp = bytes(s.card.process_apdu(apdu))
         if not resp:
             return self._fail(cmd, s.index, seq, E.ICC_MUTE), delay
         return self._ok(cmd, s, seq, 0, resp), delay
+
+    def _secure_t1(self, s: _Slot, seq: int, payload: bytes, at: int, apdu: bytes,
+                   delay: float) -> tuple[bytes, float]:
+        """TPDU pinpad, T=1 card: the I-block from bTeoPrologue (at ``at``) and the PIN
+        APDU goes to the card; its block comes back as is. A prologue that is not one
+        whole I-block of this APDU fails with bError = its offset in the message; a wrong
+        N(S) is the card's to refuse (its R-block comes back)."""
+        cmd = M.PC_to_RDR_Secure
+        nad, pcb, length = payload[at : at + 3]
+        for offset, bad in ((0, nad != s.nad), (1, bool(pcb & 0xA0)),
+                            (2, length != len(apdu))):
+            if bad:
+                return self._fail(cmd, s.index, seq, HEADER_SIZE + at + offset), 0.0
+        answer = s.card.t1_block(build_t1_block(nad, pcb, apdu, bool(s.tcckst & 0x01)))
+        if answer is None:
+            return self._fail(cmd, s.index, seq, E.ICC_MUTE), delay
+        return self._ok(cmd, s, seq, 0, bytes(answer)), delay
 
 
 class _UnplugNow(Exception):

@@ -57,13 +57,28 @@ _EP_BULK = 0x02
 _EP_INTERRUPT = 0x03
 _DIR_IN = 0x80
 
-#: ICCD version A and B talk over the control pipe; we drive bulk CCID only.
+#: ICCD version A and B talk over the control pipe (ccid.transport.iccd).
 _ICCD_CONTROL_PROTOCOLS = (1, 2)
 
 _PCSCD_HINT = (
     "the reader's interface is claimed by another process (probably pcscd); stop it with "
     "`sudo systemctl stop pcscd.socket pcscd` or use it through PC/SC"
 )
+# macOS and Windows bind every CCID device to their own smart-card driver, which libusb
+# cannot take over: the error must say so, not suggest pcscd or udev rules
+_OS_DRIVER_HINT = {
+    "darwin": "macOS holds CCID readers in its own smart-card driver (CryptoTokenKit), which "
+              "ccid cannot take over; use the reader through PC/SC (pyscard) on macOS",
+    "win32": "Windows holds CCID readers in its own driver (usbccid.sys, Smart Card service), "
+             "which libusb cannot open; use PC/SC (pyscard), or give a dedicated reader the "
+             "WinUSB driver (Zadig)",
+}
+
+
+def _os_driver_hint() -> str | None:
+    import sys
+
+    return _OS_DRIVER_HINT.get(sys.platform)
 
 _default_backend: Any = None
 _default_lock = threading.Lock()
@@ -112,6 +127,10 @@ def usb_error(exc: BaseException, what: str, *, reader: str | None = None,
     code = getattr(exc, "errno", None)
     if code == errno.ENODEV:
         return ReaderRemovedError(f"{what}: the reader was unplugged", reader=reader, slot=slot)
+    os_hint = _os_driver_hint()
+    if os_hint is not None and code in (errno.EBUSY, errno.EACCES, errno.EPERM, errno.ENOSYS,
+                                        errno.ENOTSUP, errno.EOPNOTSUPP):
+        return SharingViolationError(f"{what}: {os_hint}", reader=reader, slot=slot)
     if code == errno.EBUSY:
         return SharingViolationError(f"{what}: {_PCSCD_HINT}", reader=reader, slot=slot)
     if code == errno.EACCES or code == errno.EPERM:
@@ -172,6 +191,8 @@ class UsbInterface:
     bulk_in_packet: int
     interrupt_packet: int
     device: Any = field(compare=False, repr=False, hash=False)
+    #: 1 or 2: an ICCD version A or B token driven over the control pipe; 0: bulk CCID.
+    iccd: int = 0
 
     @property
     def usb_path(self) -> str:
@@ -215,8 +236,8 @@ def _interfaces_of(dev: Any) -> list[UsbInterface]:
             klass = intf.bInterfaceClass
             if klass not in (CCID_CLASS, 0xFF):
                 continue
-            if klass == CCID_CLASS and intf.bInterfaceProtocol in _ICCD_CONTROL_PROTOCOLS:
-                continue  # ICCD A/B: control-pipe tokens, not supported
+            iccd = intf.bInterfaceProtocol if intf.bInterfaceProtocol in \
+                _ICCD_CONTROL_PROTOCOLS else 0
             endpoints = list(intf)
             try:
                 raw = locate_ccid_descriptor(
@@ -239,6 +260,13 @@ def _interfaces_of(dev: Any) -> list[UsbInterface]:
                     bulk_out = addr
                 elif kind == _EP_INTERRUPT and addr & _DIR_IN and intr is None:
                     intr, intr_packet = addr, ep.wMaxPacketSize or 8
+            if iccd and klass != CCID_CLASS and bulk_in is not None and bulk_out is not None:
+                iccd = 0  # a vendor interface with bulk pipes talks CCID, whatever it says
+            if iccd:
+                from ccid.transport.iccd import iccd_descriptor
+
+                desc = iccd_descriptor(desc, iccd)
+                bulk_in, bulk_out = bulk_in or 0, bulk_out or 0
             if bulk_in is None or bulk_out is None:
                 continue
             ports = getattr(dev, "port_numbers", None) or ()
@@ -252,6 +280,7 @@ def _interfaces_of(dev: Any) -> list[UsbInterface]:
                 interface_class=klass, raw_descriptor=raw, descriptor=desc,
                 bulk_in=bulk_in, bulk_out=bulk_out, interrupt_in=intr,
                 bulk_in_packet=bulk_in_packet, interrupt_packet=intr_packet, device=dev,
+                iccd=iccd,
             ))
     return found
 

@@ -1,0 +1,133 @@
+"""Every `ccid` example in README.md and in the --help texts runs, against virtual readers.
+
+Sources: README.md's ```sh blocks and its inline `ccid ...` spans, and the examples of the
+main and every subcommand's help. What is not run, by rule and listed here:
+``SKIP_PREFIXES`` (installing, root, changing the system) and ``NOT_COMMANDS`` (table cells
+naming a placeholder). What is adapted, and only this: a command that can take
+``--virtual`` and has none gets ``--virtual gemalto-pc-twin`` (no hardware here); a scan
+that would wait forever gets ``--timeout 1``; ``/tmp/`` becomes the test's own directory;
+``session.log`` / ``session.jsonl``, which the README's trace examples read, are recorded
+first with ``ccid --trace``. Set CCID_README to check another copy of the README.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+
+README = Path(os.environ.get("CCID_README", ROOT / "README.md"))
+
+#: Lines not run: they install packages, need root, or change the system.
+SKIP_PREFIXES = ("sudo ", "python3 -m pip ", "pip ", "python3 -m pytest", "python -m pytest")
+#: Inline spans that name a placeholder (a table of commands), not a command to run.
+NOT_COMMANDS = {"ccid send APDU…", "ccid atr HEX", "ccid supported VID:PID", "ccid trace FILE"}
+#: Subcommands with --virtual.
+VIRTUAL = {"list", "scan", "parse", "dump-descriptor", "send", "demo"}
+
+
+def readme_examples(text: str) -> list[str]:
+    out: list[str] = []
+    for block in re.findall(r"```sh\n(.*?)```", text, re.S):
+        for line in block.splitlines():
+            for part in line.split("&&"):
+                part = part.strip()
+                if part and not part.startswith("#"):
+                    out.append(part)
+    prose = re.sub(r"```.*?```", "", text, flags=re.S)
+    out += [span for span in re.findall(r"`(ccid [^`]+)`", prose) if span not in NOT_COMMANDS]
+    return out
+
+
+def help_examples() -> list[tuple[str, list[str]]]:
+    from ccid import cli
+
+    parser = cli.build_parser()
+    sources = [("ccid --help", parser.epilog or "")]
+    sub = next(a for a in parser._actions if a.choices and isinstance(a.choices, dict))
+    for name, sp in sub.choices.items():
+        sources.append((f"ccid {name} --help", sp.epilog or ""))
+    out = []
+    for source, epilog in sources:
+        lines = [line.strip() for line in epilog.splitlines()
+                 if line.startswith("  ccid ") or line.startswith("  sudo ")]
+        out.append((source, lines))
+    return out
+
+
+def adapt(command: str, tmp: Path) -> list[str] | None:
+    if command.startswith(SKIP_PREFIXES):
+        return None
+    argv = shlex.split(command.replace("/tmp/", f"{tmp}/"), comments=True)
+    assert argv[0] == "ccid", command
+    args = argv[1:]
+    # the subcommand: the first word that is not a global option (or its value)
+    i = 0
+    while i < len(args) and args[i].startswith("-"):
+        i += 2 if args[i] == "--trace" else 1
+    sub = args[i] if i < len(args) else ""
+    if sub in VIRTUAL and "--virtual" not in args:
+        args.insert(i + 1, "--virtual")
+        args.insert(i + 2, "gemalto-pc-twin")
+    if sub == "scan" and "--once" not in args and "--timeout" not in args:
+        args += ["--timeout", "1"]
+    return args
+
+
+def run_all(commands: list[str], tmp: Path) -> None:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    for name in ("session.log", "session.jsonl"):
+        if not any(name in command for command in commands):
+            continue
+        subprocess.run([sys.executable, "-m", "ccid", "--trace", name, "send", "--virtual",
+                        "gemalto-pc-twin", "0084000008"], cwd=tmp, env=env, check=True,
+                       capture_output=True, timeout=60)
+    ran = 0
+    for command in commands:
+        args = adapt(command, tmp)
+        if args is None:
+            continue
+        r = subprocess.run([sys.executable, "-m", "ccid", *args], cwd=tmp, env=env,
+                           capture_output=True, text=True, timeout=60,
+                           stdin=subprocess.DEVNULL)
+        assert r.returncode == 0, (command, args, r.stdout[-2000:], r.stderr[-2000:])
+        assert "Traceback" not in r.stderr, (command, r.stderr)
+        ran += 1
+    assert ran, "no example ran"
+
+
+def test_readme_examples_run(tmp_path: Path) -> None:
+    commands = readme_examples(README.read_text(encoding="utf-8"))
+    assert any(c.startswith("ccid udev-rules") for c in commands)
+    run_all(commands, tmp_path)
+
+
+@pytest.mark.parametrize("source", [s for s, _ in help_examples()])
+def test_help_examples_run(source: str, tmp_path: Path) -> None:
+    commands = dict(help_examples())[source]
+    assert commands, f"{source} shows no example"
+    run_all(commands, tmp_path)
+
+
+def test_skipped_lines_are_only_the_listed_kinds() -> None:
+    everything = readme_examples(README.read_text(encoding="utf-8"))
+    everything += [c for _, lines in help_examples() for c in lines]
+    for command in everything:
+        assert command.startswith("ccid ") or command.startswith(SKIP_PREFIXES), command
+
+
+def test_uaccess_examples_sort_before_73() -> None:
+    text = README.read_text(encoding="utf-8")
+    commands = readme_examples(text) + [c for _, lines in help_examples() for c in lines]
+    for command in commands:
+        argv = shlex.split(command, comments=True)
+        if "udev-rules" in argv and "--uaccess" in argv and "-o" in argv:
+            assert Path(argv[argv.index("-o") + 1]).name < "73", command
+    for target in re.findall(r"/etc/udev/rules\.d/(\S+\.rules)", text):
+        assert target != "92_pcscd_ccid.rules" or "libccid" in text, target
