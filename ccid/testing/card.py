@@ -13,6 +13,7 @@ when ``faults.mute()`` is set, when asked to speak a protocol its ATR does not o
 from __future__ import annotations
 
 from ccid.constants import Voltage
+from ccid.protocol.params import DI_TABLE, FI_TABLE
 from ccid.testing.apps import Application, AppLike, as_application, default_card_os
 from ccid.testing.atrbuild import ATRFields, atr_fields, build_atr
 from ccid.testing.t1card import T1Card
@@ -22,10 +23,6 @@ __all__ = ["DEFAULT_VOLTAGES", "CardFaults", "VirtualCard"]
 DEFAULT_VOLTAGES = Voltage.V5_0 | Voltage.V3_0 | Voltage.V1_8
 
 # ISO/IEC 7816-3 tables 7 and 8 (None: reserved)
-_FI: tuple[int | None, ...] = (372, 372, 558, 744, 1116, 1488, 1860, None,
-                               None, 512, 768, 1024, 1536, 2048, None, None)
-_DI: tuple[int | None, ...] = (None, 1, 2, 4, 8, 16, 32, 64, 12, 20,
-                               None, None, None, None, None, None)
 
 
 def _ok_with_data(sw: int) -> bool:
@@ -207,8 +204,8 @@ class VirtualCard:
     # --- PPS ---------------------------------------------------------------------------
 
     def _speed_ok(self, pps1: int) -> bool:
-        f, d = _FI[pps1 >> 4], _DI[pps1 & 0x0F]
-        f_max, d_max = _FI[self.fi_di >> 4], _DI[self.fi_di & 0x0F]
+        f, d = FI_TABLE.get(pps1 >> 4), DI_TABLE.get(pps1 & 0x0F)
+        f_max, d_max = FI_TABLE.get(self.fi_di >> 4), DI_TABLE.get(self.fi_di & 0x0F)
         if f is None or d is None or f_max is None or d_max is None:
             return pps1 == 0x11
         return 372 <= f <= f_max and 1 <= d <= d_max

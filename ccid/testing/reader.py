@@ -55,6 +55,7 @@ from ccid.constants import (
 from ccid.descriptor import CCIDDescriptor, parse_ccid_descriptor
 from ccid.errors import DescriptorError, ProtocolError, UsageError
 from ccid.framing import build_frame, build_t1_block, check_t1_block
+from ccid.protocol.params import DI_TABLE, FI_TABLE
 from ccid.testing import faults as F
 
 if TYPE_CHECKING:
@@ -64,12 +65,6 @@ __all__ = ["CardLike", "EscapeHandler", "PinEntry", "Responder", "VirtualReader"
 
 M = MessageType
 E = SlotErrorCode
-
-#: Fi by the high nibble of bmFindexDindex (ISO 7816-3 table 7); absent = RFU.
-FI_TABLE = {0: 372, 1: 372, 2: 558, 3: 744, 4: 1116, 5: 1488, 6: 1860,
-            9: 512, 10: 768, 11: 1024, 12: 1536, 13: 2048}
-#: Di by the low nibble (table 8).
-DI_TABLE = {1: 1, 2: 2, 3: 4, 4: 8, 5: 16, 6: 32, 7: 64, 8: 12, 9: 20}
 
 _VOLTAGE_BIT = {1: 0x01, 2: 0x02, 3: 0x04}  # bPowerSelect -> bVoltageSupport bit
 
