@@ -1355,11 +1355,9 @@ class Database:
         problem = self.firmware_problem(vid, pid, bcd_device)
         if problem is None or allow_bad_firmware:
             return problem
-        from ccid.errors import UnsupportedReaderError
+        from ccid.quirks.generic import firmware_refusal
 
-        raise UnsupportedReaderError(
-            f"{problem} (pass allow_bad_firmware=True to use it anyway)", reader=reader
-        )
+        raise firmware_refusal(problem, reader)
 
     # --- quirks --------------------------------------------------------------------------
 

@@ -1,18 +1,9 @@
 """Card and reader events: insertion, removal, hardware errors, hot-plug.
 
-A :class:`SlotMonitor` watches one open reader from a daemon thread. With an interrupt-IN
-endpoint it blocks in the USB read (the CPU is idle while no card moves) and decodes
-NotifySlotChange / HardwareError; without one it polls every slot with GetSlotStatus every
-``reader.poll_interval`` seconds. Either way it reports to the reader through three hooks,
-and the reader turns them into events, generation bumps and errors for stale handles:
-
-* ``reader._notify_slot(slot, present, changed)``: ``changed`` with ``present`` means
-  the card may have been swapped since the reader last knew (removed then inserted);
-* ``reader._notify_hardware_error(slot, seq, code)``;
-* ``reader._notify_removed()``: the reader was unplugged (the monitor then stops).
-
-:func:`watch` adds reader arrivals and departures. pyusb has no hot-plug API, so it
-enumerates every ``interval`` seconds; see its docstring for how it treats open readers.
+An open reader's card events come from its monitor thread (``ccid.session.monitor``) and
+are read with ``Reader.wait_for_event`` / ``Reader.events``. :func:`watch` adds reader
+arrivals and departures. pyusb has no hot-plug API, so it enumerates every ``interval``
+seconds; see its docstring for how it treats open readers.
 """
 
 from __future__ import annotations
@@ -26,15 +17,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
-from ccid.constants import ICCStatus
-from ccid.errors import (
-    CCIDError,
-    ProtocolError,
-    ReaderRemovedError,
-    SharingViolationError,
-    SlotBusyError,
-    UsageError,
-)
+from ccid.errors import CCIDError
+from ccid.session.monitor import TICK_SECONDS
+from ccid.session.slot import CardInserted, CardRemoved, HardwareErrorEvent, ReaderRemoved
 
 __all__ = [
     "CardInserted",
@@ -44,57 +29,13 @@ __all__ = [
     "HardwareErrorEvent",
     "ReaderAdded",
     "ReaderRemoved",
-    "SlotMonitor",
     "watch",
 ]
 
 log = logging.getLogger(__name__)
 
-#: How long one interrupt read or one wait lasts, so that stop() returns promptly.
-TICK_SECONDS = 0.25
-#: Failures in a row the monitor retries at once (a stall is cleared by the first retry).
-QUICK_RETRIES = 3
-#: After QUICK_RETRIES failures in a row the monitor waits between tries: this long first,
-#: doubling up to BACKOFF_MAX. It never gives up: only unplug or close() end it.
-BACKOFF_FIRST = 0.25
-BACKOFF_MAX = 5.0
-
-
-@dataclass(frozen=True, slots=True)
-class CardInserted:
-    """A card arrived in ``slot`` of ``reader``."""
-
-    reader: str
-    slot: int
-
-
-@dataclass(frozen=True, slots=True)
-class CardRemoved:
-    """The card left ``slot`` of ``reader``."""
-
-    reader: str
-    slot: int
-
-
-@dataclass(frozen=True, slots=True)
-class HardwareErrorEvent:
-    """RDR_to_PC_HardwareError: the reader reported ``code`` (e.g. overcurrent) for a slot."""
-
-    reader: str
-    slot: int
-    seq: int
-    code: int
-
-
 #: Short name, as in the issue's API list.
 HardwareError = HardwareErrorEvent
-
-
-@dataclass(frozen=True, slots=True)
-class ReaderRemoved:
-    """The reader was unplugged (or disappeared from enumeration)."""
-
-    reader: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,220 +49,6 @@ class ReaderAdded:
 Event: TypeAlias = (
     CardInserted | CardRemoved | HardwareErrorEvent | ReaderRemoved | ReaderAdded
 )
-
-
-class SlotMonitor:
-    """One daemon thread feeding a reader's slot changes back to it (see module docstring).
-
-    Transient errors do not end it: a stalled interrupt endpoint is cleared (by the
-    transport) and read again, a poll that finds the reader busy or gets no answer in time
-    is skipped. After ``QUICK_RETRIES`` failures in a row it backs off (``BACKOFF_FIRST``
-    doubling to ``BACKOFF_MAX``) and keeps trying. Only the reader's unplug (reported as
-    ReaderRemoved) or its close ends the thread.
-    """
-
-    def __init__(self, reader: Any, *, interrupt: bool | None = None,
-                 poll_interval: float | None = None) -> None:
-        self.reader = reader
-        self._interrupt = interrupt
-        self._poll_interval = poll_interval
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._stopping: threading.Thread | None = None
-        self._lock = threading.Lock()
-        #: Exception that ended the thread (None while running or after a clean stop).
-        self.error: BaseException | None = None
-        #: Most recent transient error the thread went on after (kept after recovery).
-        self.last_error: CCIDError | None = None
-        #: Transient errors seen since start().
-        self.failures = 0
-
-    # -- control ------------------------------------------------------------------------
-
-    @property
-    def running(self) -> bool:
-        thread = self._thread
-        return thread is not None and thread.is_alive()
-
-    @property
-    def uses_interrupt(self) -> bool:
-        """True when slot changes come from the interrupt endpoint, False when polled."""
-        if self._interrupt is not None:
-            return self._interrupt
-        return bool(getattr(self.reader, "has_interrupt", False))
-
-    def start(self) -> None:
-        """Start the thread (no-op if it already runs)."""
-        with self._lock:
-            if self.running:
-                return
-            self._stop.clear()
-            self.error = None
-            self.failures = 0
-            name = f"ccid-monitor {getattr(self.reader, 'name', '?')}"
-            self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-            self._thread.start()
-
-    def stop(self, timeout: float = 2.0) -> bool:
-        """Ask the thread to stop and wait for it up to ``timeout`` seconds (one tick, or
-        the poll in flight). True when it has ended; else :meth:`join` waits for the rest."""
-        self._stop.set()
-        with self._lock:
-            thread, self._thread = self._thread, None
-            if thread is not None:
-                self._stopping = thread
-        return self.join(timeout)
-
-    def join(self, timeout: float | None = None) -> bool:
-        """Wait for a stopped thread to end; True when it has (or there was none)."""
-        thread = self._stopping
-        if thread is None or thread is threading.current_thread():
-            return True
-        thread.join(timeout)
-        if thread.is_alive():
-            return False
-        self._stopping = None
-        return True
-
-    # -- the thread ---------------------------------------------------------------------
-
-    def _run(self) -> None:
-        try:
-            self._loop()
-        except ReaderRemovedError:
-            if not self._stop.is_set():
-                self._removed()
-        except Exception as exc:  # never let a daemon thread die silently
-            self.error = exc
-            log.exception("slot monitor of %s crashed", getattr(self.reader, "name", "?"))
-
-    def _loop(self) -> None:
-        interrupt = self.uses_interrupt
-        slots = self._slot_count()
-        last: dict[int, int] = {}
-        failures = 0
-        while not self._stop.is_set():
-            try:
-                if interrupt:
-                    if not self._read_interrupt(slots):
-                        return  # the reader was closed
-                else:
-                    self._poll_round(slots, last)
-            except ReaderRemovedError:
-                raise
-            except UsageError:
-                return  # closed under our feet (or a fork child): nothing to watch
-            except CCIDError as exc:
-                if self._stop.is_set():
-                    return
-                failures += 1
-                self._failed(exc, failures)
-                if failures > QUICK_RETRIES:
-                    exponent = min(failures - QUICK_RETRIES - 1, 16)
-                    self._stop.wait(min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** exponent))
-            else:
-                if failures:
-                    log.info("slot monitor of %s recovered after %d failure(s)",
-                             getattr(self.reader, "name", "?"), failures)
-                failures = 0
-            if not interrupt:
-                self._stop.wait(self._interval())
-
-    def _failed(self, exc: CCIDError, failures: int) -> None:
-        self.failures += 1
-        self.last_error = exc
-        name = getattr(self.reader, "name", "?")
-        if failures == 1:
-            log.warning("slot monitor of %s: %s; trying again", name, exc)
-        elif failures == QUICK_RETRIES + 1:
-            log.warning("slot monitor of %s: %d failures in a row (last: %s); backing off",
-                        name, failures, exc)
-        else:
-            log.debug("slot monitor of %s: failure %d in a row: %s", name, failures, exc)
-
-    def _interval(self) -> float:
-        interval = self._poll_interval
-        if interval is None:
-            interval = float(getattr(self.reader, "poll_interval", 0.5))
-        return max(0.01, interval)
-
-    def _removed(self) -> None:
-        self._stop.set()
-        self.reader._notify_removed()
-
-    def _slot_count(self) -> int:
-        slots = getattr(self.reader, "slots", 1)
-        return slots if isinstance(slots, int) else len(slots)
-
-    def _read_interrupt(self, slots: int) -> bool:
-        """One interrupt read (up to one tick) and its notices; False once closed."""
-        from ccid.engine import HardwareErrorNotice, SlotChange, parse_interrupt
-
-        transport = self.reader._transport
-        if transport is None:  # closed
-            return False
-        # blocks in libusb for up to one tick: no CPU used while no card moves
-        data = transport.read_interrupt(0, int(TICK_SECONDS * 1000))
-        if self._stop.is_set():
-            return False
-        if not data:
-            return True
-        try:
-            notices = parse_interrupt(bytes(data), slots)
-        except ProtocolError as exc:
-            log.warning("ignoring malformed interrupt message %s: %s",
-                        bytes(data).hex(" "), exc)
-            return True
-        for notice in notices:
-            if isinstance(notice, SlotChange):
-                if notice.changed:
-                    self.reader._notify_slot(notice.slot, notice.present, True)
-            elif isinstance(notice, HardwareErrorNotice):
-                self.reader._notify_hardware_error(notice.slot, notice.seq, notice.code)
-        return True
-
-    def _poll_round(self, slots: int, last: dict[int, int]) -> None:
-        """GetSlotStatus on every slot; a slot whose poll fails is skipped this round and
-        the first failure is raised once the other slots have been looked at."""
-        failed: CCIDError | None = None
-        for slot in range(slots):
-            if self._stop.is_set():
-                return
-            try:
-                status = self._poll(slot)
-            except (ReaderRemovedError, UsageError):
-                raise
-            except CCIDError as exc:
-                failed = failed or exc
-                continue
-            if status is None:
-                continue
-            before = last.get(slot)
-            last[slot] = status
-            present = status != ICCStatus.ABSENT
-            # A powered card found present but unpowered was pulled out and put back
-            # (or powered off by someone): the reader decides, knowing what it did.
-            swapped = before == ICCStatus.ACTIVE and status == ICCStatus.INACTIVE
-            changed = swapped or (before is not None and
-                                  (before == ICCStatus.ABSENT) != (not present))
-            self.reader._notify_slot(slot, present, changed)
-        if failed is not None:
-            raise failed
-
-    def _poll(self, slot: int) -> int | None:
-        try:
-            result = self.reader._poll_slot(slot)
-        except (SharingViolationError, SlotBusyError):
-            return None  # the slot is busy with a long command: look again next time
-        # A ReaderTimeoutError (another slot's long command holding a one-slot-at-a-time
-        # reader, or a reader that stopped answering) goes up: the round skips this slot
-        # and counts the failure, so a reader that never answers is polled less often.
-        if isinstance(result, tuple):  # (present, active) form
-            present, active = result[0], result[1]
-            if not present:
-                return int(ICCStatus.ABSENT)
-            return int(ICCStatus.ACTIVE if active else ICCStatus.INACTIVE)
-        return None if result is None else int(result)
 
 
 # --- watch: readers coming and going, cards in them -------------------------------------

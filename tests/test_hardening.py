@@ -314,7 +314,7 @@ def hold_during_fork(lock: Any, body: Callable[[], int]) -> int:
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_child_opens_a_reader_although_a_parent_thread_held_the_registry_lock() -> None:
-    import ccid.reader
+    import ccid.session.opening
 
     backend = VirtualBackend(preset_reader("gemalto-pc-twin"))
 
@@ -324,7 +324,7 @@ def test_child_opens_a_reader_although_a_parent_thread_held_the_registry_lock() 
             return 0 if card.transmit(ECHO) == ECHO_ANSWER else 1
 
     # open_reader and close take this lock: a thread doing either at fork() time
-    assert hold_during_fork(ccid.reader._registry_lock, child) == 0
+    assert hold_during_fork(ccid.session.opening._registry_lock, child) == 0
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")

@@ -49,8 +49,6 @@ REGISTRIES: dict[str, str] = {
 #: Violations on main that other branches are removing: (rule, importer, imported).
 #: A violation not listed here fails the suite.
 KNOWN: dict[tuple[str, str, str], str] = {
-    ("cycle", "ccid.events", "ccid.reader"): "the session core's event sink breaks it",
-    ("cycle", "ccid.reader", "ccid.events"): "the session core's event sink breaks it",
     # Function-level cycles on main since the ICCD work (not on this branch yet): a fix,
     # or a reason in DEFERRED, belongs to their owners.
     ("cycle", "ccid.testing.backend", "ccid.testing.iccd"): "ICCD virtual device",

@@ -216,7 +216,7 @@ MARK = b"\xa5\x5a\xc3\x3c"
 def _chained_echo(reader: ccid.Reader, piece: int) -> tuple[bytes, bytes]:
     """A 3,000-byte ECHO at extended-APDU level whose command piece number ``piece``
     (0-based) starts with MARK, so a fault can aim at the middle of the chain."""
-    room = reader._engine.max_message_length - 10
+    room = reader.descriptor.dwMaxCCIDMessageLength - 10
     data = bytearray((i * 7) & 0xFF for i in range(3000))
     at = piece * room - 7  # the APDU's 7-byte header comes first
     data[at : at + len(MARK)] = MARK

@@ -7,6 +7,7 @@ from dataclasses import replace
 
 from ccid.constants import EXCHANGE_LEVEL_MASK, ExchangeLevel
 from ccid.descriptor import CCIDDescriptor
+from ccid.errors import UnsupportedReaderError
 from ccid.quirks import Quirk, format_bcd, register
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "OpenPGPCardBWI",
     "ShortAPDUIsChained",
     "SlowOpen",
+    "firmware_refusal",
     "with_exchange_level",
 ]
 
@@ -96,6 +98,12 @@ class OpenPGPCardBWI(Quirk):
 
     def adjust_bwi(self, bwi: int, atr: bytes) -> int:
         return max(bwi, OPENPGP_BWI)
+
+
+def firmware_refusal(problem: str, reader: str | None = None) -> UnsupportedReaderError:
+    """The error for firmware known to be broken (``problem`` names it and the fix)."""
+    return UnsupportedReaderError(f"{problem}; pass allow_bad_firmware=True to open it anyway",
+                                  reader=reader)
 
 
 class MinimumFirmware(Quirk):

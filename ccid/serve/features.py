@@ -169,9 +169,7 @@ def pin_modify_payload(data: bytes) -> tuple[bytes, float]:
 def _secure(card: Any, payload: bytes, timeout: float) -> bytes:
     # The blocking API builds its own PIN structure (Card.verify_pin/modify_pin); a PC/SC
     # client brings a ready one, so it goes to the reader's Secure path as it is.
-    reader = card.reader
-    with card.transaction():
-        return bytes(reader._secure(card._s, payload, timeout))
+    return bytes(card.secure(payload, timeout=timeout))
 
 
 def control(card: Any, code: int, data: bytes, allow_escape: bool) -> bytes:

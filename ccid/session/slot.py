@@ -229,8 +229,8 @@ class SlotState:
 
     __slots__ = (
         "apdu_chain", "atr", "exclusive", "fi_di", "generation", "handles", "index", "lock",
-        "name", "powered", "presence", "presence_count", "protocol", "state_lock", "t1",
-        "t1_chain", "wait",
+        "name", "owner", "owner_thread", "powered", "presence", "presence_count", "protocol",
+        "state_lock", "t1", "t1_chain", "wait",
     )
 
     def __init__(self, index: int, name: str) -> None:
@@ -254,6 +254,9 @@ class SlotState:
         #: Card handles connected to this slot, and the exclusive one.
         self.handles: weakref.WeakSet[Any] = weakref.WeakSet()
         self.exclusive: Any = None
+        #: The handle holding a ``transaction()`` and its thread (None: no transaction).
+        self.owner: Any = None
+        self.owner_thread = 0
 
     @property
     def present(self) -> bool | None:

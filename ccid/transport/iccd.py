@@ -33,10 +33,11 @@ from dataclasses import dataclass
 
 import usb.core
 
+from ccid import trace as _trace
 from ccid.constants import ClassRequest, ExchangeLevel, Features
 from ccid.descriptor import CCIDDescriptor
 from ccid.errors import ProtocolError, ReaderError, ReaderTimeoutError, TransportError
-from ccid.transport.usb import UsbInterface, UsbTransport, _ms, _trace, usb_error
+from ccid.transport.usb import UsbInterface, UsbTransport, _ms, usb_error
 
 __all__ = [
     "ICCD_A",

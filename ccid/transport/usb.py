@@ -19,6 +19,7 @@ from typing import Any
 import usb.core
 import usb.util
 
+from ccid import trace as _trace
 from ccid.constants import CCID_CLASS, ClassRequest
 from ccid.descriptor import CCIDDescriptor, locate_ccid_descriptor, parse_ccid_descriptor
 from ccid.errors import (
@@ -30,20 +31,6 @@ from ccid.errors import (
     SharingViolationError,
     TransportError,
 )
-
-try:  # the wire trace lands with its own issue; without it tracing is simply off
-    from ccid import trace as _trace_module
-
-    _trace: Any = _trace_module
-except ImportError:  # pragma: no cover - depends on the tree
-    class _NoTrace:
-        enabled = False
-
-        @staticmethod
-        def record(reader: str, direction: str, data: bytes) -> None:
-            """Tracing is not available."""
-
-    _trace = _NoTrace()
 
 __all__ = [
     "UsbInterface",
@@ -193,6 +180,9 @@ class UsbInterface:
     device: Any = field(compare=False, repr=False, hash=False)
     #: 1 or 2: an ICCD version A or B token driven over the control pipe; 0: bulk CCID.
     iccd: int = 0
+    #: bInterfaceProtocol as the interface declares it (0 CCID, 1 ICCD-A, 2 ICCD-B);
+    #: quirks may be keyed on it.
+    interface_protocol: int = 0
 
     @property
     def usb_path(self) -> str:
@@ -280,7 +270,7 @@ def _interfaces_of(dev: Any) -> list[UsbInterface]:
                 interface_class=klass, raw_descriptor=raw, descriptor=desc,
                 bulk_in=bulk_in, bulk_out=bulk_out, interrupt_in=intr,
                 bulk_in_packet=bulk_in_packet, interrupt_packet=intr_packet, device=dev,
-                iccd=iccd,
+                iccd=iccd, interface_protocol=int(intf.bInterfaceProtocol),
             ))
     return found
 
@@ -524,6 +514,13 @@ class UsbTransport:
                               _ms(timeout))
         except usb.core.USBError as exc:
             raise usb_error(exc, f"class request {request.name}", reader=self.name) from exc
+
+    def abort(self, slot: int, seq: int, timeout: float) -> None:
+        """The ABORT class request for the command (``slot``, ``seq``) (CCID 5.3.1)."""
+        from ccid.messages import abort_request  # the request's one layout
+
+        setup = abort_request(self.info.interface, slot, seq)
+        self.class_request_out(ClassRequest(setup.bRequest), setup.wValue, timeout)
 
     # --- interrupt ----------------------------------------------------------------------
 
