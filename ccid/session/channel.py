@@ -96,6 +96,252 @@ class Caller(Protocol):
     cancel_requested: bool
 
 
+class Wire:
+    """The transport side of a channel: frames out (the stall retry), frames in (assembly,
+    sliced reads that see a cancel or a close, the stall retry), replies routed to the
+    thread that waits for them by (bSeq, bSlot), and draining what nobody waits for."""
+
+    def __init__(self, channel: Channel) -> None:
+        self.ch = channel
+        # Reply routing: one thread reads bulk-IN at a time and files other threads'
+        # replies by (bSeq, bSlot); at most bMaxCCIDBusySlots commands are outstanding.
+        self._rx = threading.Condition(threading.Lock())
+        self._rx_busy = False
+        self._mailbox: dict[tuple[int, int], bytes] = {}
+        #: Commands in flight on a several-busy-slots reader: bSeq -> bSlot. The engine
+        #: skips these bSeq values when the counter wraps.
+        self.outstanding: dict[int, int] = {}
+        self._write_lock = threading.Lock()
+
+    def expect(self, seq: int, slot: int) -> None:
+        """A command (``seq``, ``slot``) is in flight: route its reply to its caller."""
+        with self._rx:
+            self.outstanding[seq] = slot
+
+    def done(self, seq: int, slot: int) -> None:
+        """The command (``seq``, ``slot``) ended: drop its routing and any late reply."""
+        with self._rx:
+            if self.outstanding.get(seq) == slot:
+                del self.outstanding[seq]
+            self._mailbox.pop((seq, slot), None)
+
+    def read_sliced(self, transport: UsbTransport, timeout: float) -> bytes:
+        """``transport.read(timeout)`` in reads of at most CANCEL_SLICE, so that a
+        ``Card.cancel()`` or a close() ends the wait promptly."""
+        if timeout <= CANCEL_SLICE:
+            return transport.read(timeout)
+        end = _monotonic() + timeout
+        while True:
+            left = end - _monotonic()
+            try:
+                return transport.read(left if left < CANCEL_SLICE else CANCEL_SLICE)
+            except ReaderTimeoutError:
+                stop = self.ch.stop_reason()
+                if stop is not None:
+                    raise stop from None
+                if end - _monotonic() <= 0.001:
+                    raise
+
+    def write(self, transport: UsbTransport, frame: bytes, timeout: float) -> None:
+        ch = self.ch
+        try:
+            if ch.serial:
+                transport.write(frame, timeout)
+            else:
+                with self._write_lock:
+                    transport.write(frame, timeout)
+        except (ReaderTimeoutError, TransportError):
+            raise
+        except ReaderError:
+            # bulk-OUT stalled: the halt is cleared and the frame never arrived, so
+            # sending it again is safe (once).
+            with self._write_lock:
+                transport.write(frame, timeout)
+
+    def receive(self, seq: int, slot: int, timeout: float) -> bytes:
+        """The next frame for (``seq``, ``slot``) (or a stale one), routing others'
+        replies by (bSeq, bSlot)."""
+        ch = self.ch
+        end = _monotonic() + timeout
+        if ch.serial:
+            return self.read_frame(end)
+        key = (seq, slot)
+        with self._rx:
+            while True:
+                frame = self._mailbox.pop(key, None)
+                if frame is not None:
+                    return frame
+                if not self._rx_busy:
+                    self._rx_busy = True
+                    break
+                left = end - _monotonic()
+                if left <= 0:
+                    raise ReaderTimeoutError("no reply in time", reader=ch.name)
+                self._rx.wait(min(left, CANCEL_SLICE))
+                stop = ch.stop_reason()
+                if stop is not None:
+                    raise stop
+        try:
+            while True:
+                frame = self.read_frame(end)
+                fseq = frame[6] if len(frame) > 6 else -1
+                fslot = frame[5] if len(frame) > 6 else -1
+                if fseq == seq or self.outstanding.get(fseq) != fslot:
+                    return frame
+                with self._rx:
+                    self._mailbox[(fseq, fslot)] = frame
+                    self._rx.notify_all()
+        finally:
+            with self._rx:
+                self._rx_busy = False
+                self._rx.notify_all()
+
+    def read_serial(self, end: float, wait: float, got: Any = None) -> bytes:
+        """:meth:`read_frame` with its common case first: one read, one whole frame.
+
+        ``got``: that read was already made by the caller (its bytes or its exception)."""
+        ch = self.ch
+        transport = ch.transport
+        assembler = ch.assembler
+        if transport is None or (got is None and (
+                ch.closed or ch.removed or ch.inherited or assembler.pending_bytes)):
+            return self.read_frame(end)
+        try:
+            if got is None:
+                got = self.read_sliced(transport, wait)
+            elif isinstance(got, BaseException):
+                raise got
+            frame = assembler.feed(got)
+        except (ReaderTimeoutError, TransportError):
+            assembler.reset()
+            raise
+        except ProtocolError as exc:
+            raise ProtocolError(exc.message, reader=ch.name) from None
+        except ReaderError:
+            # A stalled bulk-IN: the transport cleared the halt; the reply may still be
+            # there, so read once more before giving up.
+            assembler.reset()
+            return self.read_frame(end, stalls=1)
+        if frame is None:  # the frame spans several transfers
+            return self.read_frame(end)
+        if _trace.enabled:
+            transport.trace_in(frame)
+        return frame
+
+    def read_frame(self, end: float, stalls: int = 0) -> bytes:
+        ch = self.ch
+        transport = ch.live()
+        assembler = ch.assembler
+        while True:
+            left = end - _monotonic()
+            partial = assembler.pending_bytes
+            if left <= 0:
+                # Also with part of a frame held: a reply trickling in must not keep the
+                # call alive past its ceiling (the caller aborts the command).
+                assembler.reset()
+                raise ReaderTimeoutError(
+                    f"no complete reply in time ({partial} bytes of a frame came)"
+                    if partial else "no reply in time", reader=ch.name)
+            cut = partial > 0 and left > CONTINUATION_WAIT
+            if cut:
+                # The rest of a frame follows at once on a healthy bus: do not wait a
+                # whole card timeout for bytes that will never come.
+                left = CONTINUATION_WAIT
+            try:
+                chunk = self.read_sliced(transport, left)
+            except ReaderTimeoutError:
+                assembler.reset()
+                if cut:  # silence within the call's time: the frame was cut short
+                    raise ProtocolError(
+                        f"reply truncated: the transfer stopped after {partial} bytes",
+                        reader=ch.name) from None
+                raise
+            except (ReaderRemovedError, TransportError):
+                assembler.reset()
+                raise
+            except ReaderError:
+                # A stalled bulk-IN: the transport cleared the halt; the reply may still
+                # be there, so read once more before giving up.
+                assembler.reset()
+                stalls += 1
+                if stalls > 1:
+                    raise
+                continue
+            try:
+                frame = assembler.feed(chunk)
+            except ProtocolError as exc:
+                raise ProtocolError(exc.message, reader=ch.name) from None
+            if frame is not None:
+                if _trace.enabled:
+                    transport.trace_in(frame)
+                return frame
+
+    def drain(self, quiet: float) -> None:
+        """Drop frames nobody waits for until the reader is ``quiet`` seconds silent (at
+        most 16 of them); other slots' replies still reach their callers."""
+        ch = self.ch
+        transport = ch.transport
+        if transport is None:
+            return
+        if not ch.serial:
+            self._drain_routed(quiet)
+            return
+        ch.assembler.reset()
+        for _ in range(16):
+            try:
+                transport.read(quiet)
+            except ReaderTimeoutError:
+                break
+            except ReaderRemovedError:
+                ch.lost()
+                raise
+            except CCIDError:
+                break
+        ch.assembler.reset()
+
+    def _drain_routed(self, quiet: float) -> None:
+        """:meth:`drain` with other slots' commands in flight: their replies go to the
+        mailbox by bSeq, only frames nobody waits for are dropped."""
+        ch = self.ch
+        end = _monotonic() + quiet
+        with self._rx:
+            while self._rx_busy:
+                # Another thread is reading: it routes every frame by bSeq itself.
+                left = end - _monotonic()
+                if left <= 0:
+                    return
+                self._rx.wait(left)
+            self._rx_busy = True
+        try:
+            for _ in range(16):
+                try:
+                    frame = self.read_frame(_monotonic() + quiet)
+                except ReaderTimeoutError:
+                    break
+                except ReaderRemovedError:
+                    ch.lost()
+                    raise
+                except ProtocolError:
+                    continue  # an unreadable frame nobody can claim
+                except CCIDError:
+                    break
+                fseq = frame[6] if len(frame) > 6 else -1
+                fslot = frame[5] if len(frame) > 6 else -1
+                with self._rx:
+                    if self.outstanding.get(fseq) == fslot:
+                        self._mailbox[(fseq, fslot)] = frame
+                        self._rx.notify_all()
+        finally:
+            with self._rx:
+                self._rx_busy = False
+                self._rx.notify_all()
+
+    def wake_all(self) -> None:
+        """Wake the threads waiting for the mailbox (close())."""
+        with self._rx:
+            self._rx.notify_all()
+
+
 class Channel:
     """One reader's command channel (see the module docstring)."""
 
@@ -110,18 +356,10 @@ class Channel:
         self.closed = False
         self.removed = False
         self.inherited = False
-        # Reply routing: one thread reads bulk-IN at a time and files other threads'
-        # replies by (bSeq, bSlot); at most bMaxCCIDBusySlots commands are outstanding.
-        self._rx = threading.Condition(threading.Lock())
-        self._rx_busy = False
-        self._mailbox: dict[tuple[int, int], bytes] = {}
-        #: Commands in flight on a several-busy-slots reader: bSeq -> bSlot. The engine
-        #: skips these bSeq values when the counter wraps.
-        self._outstanding: dict[int, int] = {}
-        self.engine.busy_seqs = self._outstanding
+        self.wire = Wire(self)
+        self.engine.busy_seqs = self.wire.outstanding
         #: The Card whose call runs in this thread (its cancel() flag is looked at).
         self.tls = threading.local()
-        self._write_lock = threading.Lock()
         # One outstanding command at a time (the common case): a plain lock, no routing.
         self.serial = True
         self.busy: Any = threading.Lock()
@@ -182,7 +420,7 @@ class Channel:
         self.removed = True
         return True
 
-    def _lost(self) -> None:
+    def lost(self) -> None:
         if self.closed:
             # The transport was released by close() while this call was on its way to
             # it: the caller closed the reader, it was not unplugged.
@@ -265,56 +503,21 @@ class Channel:
                 raise ReaderTimeoutError(
                     f"the call's ceiling of {ceiling:.1f} s was reached before the command "
                     "could be sent", reader=self.name, slot=pending.slot)
+            wire = self.wire
             if self.serial:
-                self._write(transport, pending.frame, write_timeout)
+                wire.write(transport, pending.frame, write_timeout)
                 return self._await(pending, wait, deadline, ceiling, check, raw)
-            with self._rx:
-                self._outstanding[pending.seq] = pending.slot
+            wire.expect(pending.seq, pending.slot)
             try:
-                self._write(transport, pending.frame, write_timeout)
+                wire.write(transport, pending.frame, write_timeout)
                 return self._await(pending, wait, deadline, ceiling, check, raw)
             finally:
-                with self._rx:
-                    if self._outstanding.get(pending.seq) == pending.slot:
-                        del self._outstanding[pending.seq]
-                    self._mailbox.pop((pending.seq, pending.slot), None)
+                wire.done(pending.seq, pending.slot)
         except ReaderRemovedError:
-            self._lost()
+            self.lost()
             raise
         finally:
             busy.release()
-
-    def _read_sliced(self, transport: UsbTransport, timeout: float) -> bytes:
-        """``transport.read(timeout)`` in reads of at most CANCEL_SLICE, so that a
-        ``Card.cancel()`` or a close() ends the wait promptly."""
-        if timeout <= CANCEL_SLICE:
-            return transport.read(timeout)
-        end = _monotonic() + timeout
-        while True:
-            left = end - _monotonic()
-            try:
-                return transport.read(left if left < CANCEL_SLICE else CANCEL_SLICE)
-            except ReaderTimeoutError:
-                stop = self.stop_reason()
-                if stop is not None:
-                    raise stop from None
-                if end - _monotonic() <= 0.001:
-                    raise
-
-    def _write(self, transport: UsbTransport, frame: bytes, timeout: float) -> None:
-        try:
-            if self.serial:
-                transport.write(frame, timeout)
-            else:
-                with self._write_lock:
-                    transport.write(frame, timeout)
-        except (ReaderTimeoutError, TransportError):
-            raise
-        except ReaderError:
-            # bulk-OUT stalled: the halt is cleared and the frame never arrived, so
-            # sending it again is safe (once).
-            with self._write_lock:
-                transport.write(frame, timeout)
 
     # One loop for every wait: its branches are the cases of CCID 6.2 (time extension,
     # stale frame, failure, timeout and abort) and are read best together.
@@ -326,6 +529,7 @@ class Channel:
         multiplier = 1
         serial = self.serial
         engine = self.engine
+        wire = self.wire
         hard = deadline
         # The abort runs inside the call's ceiling: the reply must come early enough to
         # leave it its share (see ABORT_SHARE).
@@ -347,11 +551,11 @@ class Channel:
             try:
                 if first is not None:
                     got, first = first, None
-                    frame = self._read_serial(now + this_wait, this_wait, got)
+                    frame = wire.read_serial(now + this_wait, this_wait, got)
                 elif serial:
-                    frame = self._read_serial(now + this_wait, this_wait)
+                    frame = wire.read_serial(now + this_wait, this_wait)
                 else:
-                    frame = self._receive(pending.seq, pending.slot, this_wait)
+                    frame = wire.receive(pending.seq, pending.slot, this_wait)
             except ReaderTimeoutError:
                 if _monotonic() < deadline and this_wait < remaining:
                     self.abort(pending.slot, hard)
@@ -391,121 +595,6 @@ class Channel:
             if isinstance(event, Discarded):
                 continue
             multiplier = max(1, event.multiplier)
-
-    def _receive(self, seq: int, slot: int, timeout: float) -> bytes:
-        """The next frame for (``seq``, ``slot``) (or a stale one), routing others'
-        replies by (bSeq, bSlot)."""
-        end = _monotonic() + timeout
-        if self.serial:
-            return self._read_frame(end)
-        key = (seq, slot)
-        with self._rx:
-            while True:
-                frame = self._mailbox.pop(key, None)
-                if frame is not None:
-                    return frame
-                if not self._rx_busy:
-                    self._rx_busy = True
-                    break
-                left = end - _monotonic()
-                if left <= 0:
-                    raise ReaderTimeoutError("no reply in time", reader=self.name)
-                self._rx.wait(min(left, CANCEL_SLICE))
-                stop = self.stop_reason()
-                if stop is not None:
-                    raise stop
-        try:
-            while True:
-                frame = self._read_frame(end)
-                fseq = frame[6] if len(frame) > 6 else -1
-                fslot = frame[5] if len(frame) > 6 else -1
-                if fseq == seq or self._outstanding.get(fseq) != fslot:
-                    return frame
-                with self._rx:
-                    self._mailbox[(fseq, fslot)] = frame
-                    self._rx.notify_all()
-        finally:
-            with self._rx:
-                self._rx_busy = False
-                self._rx.notify_all()
-
-    def _read_serial(self, end: float, wait: float, got: Any = None) -> bytes:
-        """:meth:`_read_frame` with its common case first: one read, one whole frame.
-
-        ``got``: that read was already made by the caller (its bytes or its exception)."""
-        transport = self.transport
-        assembler = self.assembler
-        if transport is None or (got is None and (
-                self.closed or self.removed or self.inherited or assembler.pending_bytes)):
-            return self._read_frame(end)
-        try:
-            if got is None:
-                got = self._read_sliced(transport, wait)
-            elif isinstance(got, BaseException):
-                raise got
-            frame = assembler.feed(got)
-        except (ReaderTimeoutError, TransportError):
-            assembler.reset()
-            raise
-        except ProtocolError as exc:
-            raise ProtocolError(exc.message, reader=self.name) from None
-        except ReaderError:
-            # A stalled bulk-IN: the transport cleared the halt; the reply may still be
-            # there, so read once more before giving up.
-            assembler.reset()
-            return self._read_frame(end, stalls=1)
-        if frame is None:  # the frame spans several transfers
-            return self._read_frame(end)
-        if _trace.enabled:
-            transport.trace_in(frame)
-        return frame
-
-    def _read_frame(self, end: float, stalls: int = 0) -> bytes:
-        transport = self.live()
-        assembler = self.assembler
-        while True:
-            left = end - _monotonic()
-            partial = assembler.pending_bytes
-            if left <= 0:
-                # Also with part of a frame held: a reply trickling in must not keep the
-                # call alive past its ceiling (the caller aborts the command).
-                assembler.reset()
-                raise ReaderTimeoutError(
-                    f"no complete reply in time ({partial} bytes of a frame came)"
-                    if partial else "no reply in time", reader=self.name)
-            cut = partial > 0 and left > CONTINUATION_WAIT
-            if cut:
-                # The rest of a frame follows at once on a healthy bus: do not wait a
-                # whole card timeout for bytes that will never come.
-                left = CONTINUATION_WAIT
-            try:
-                chunk = self._read_sliced(transport, left)
-            except ReaderTimeoutError:
-                assembler.reset()
-                if cut:  # silence within the call's time: the frame was cut short
-                    raise ProtocolError(
-                        f"reply truncated: the transfer stopped after {partial} bytes",
-                        reader=self.name) from None
-                raise
-            except (ReaderRemovedError, TransportError):
-                assembler.reset()
-                raise
-            except ReaderError:
-                # A stalled bulk-IN: the transport cleared the halt; the reply may still
-                # be there, so read once more before giving up.
-                assembler.reset()
-                stalls += 1
-                if stalls > 1:
-                    raise
-                continue
-            try:
-                frame = assembler.feed(chunk)
-            except ProtocolError as exc:
-                raise ProtocolError(exc.message, reader=self.name) from None
-            if frame is not None:
-                if _trace.enabled:
-                    transport.trace_in(frame)
-                return frame
 
     # --- the fast path --------------------------------------------------------------------
 
@@ -570,10 +659,10 @@ class Channel:
                 # sending it again is safe (once).
                 transport.write(frame, timeout)
         except ReaderRemovedError:
-            self._lost()
+            self.lost()
             raise
         try:
-            return self._read_sliced(transport, wait)
+            return self.wire.read_sliced(transport, wait)
         except CCIDError as exc:
             return exc
 
@@ -587,19 +676,19 @@ class Channel:
                                        wait, deadline, left, True, True, got)
             return reply
         except ReaderRemovedError:
-            self._lost()
+            self.lost()
             raise
 
     def _write_await(self, transport: UsbTransport, pending: Pending, wait: float,
                      deadline: float, left: float) -> bytes:
         """Write one command and wait for its reply frame; the caller holds the reader."""
         try:
-            self._write(transport, pending.frame, wait if wait >= 0.5 else
-                        (left if left < 0.5 else 0.5))
+            self.wire.write(transport, pending.frame, wait if wait >= 0.5 else
+                            (left if left < 0.5 else 0.5))
             frame: bytes = self._await(pending, wait, deadline, left, True, True)
             return frame
         except ReaderRemovedError:
-            self._lost()
+            self.lost()
             raise
 
     def pump(self, s: SlotState, chain: Any, frame: bytes, deadline: float, held: bool
@@ -663,7 +752,7 @@ class Channel:
         try:
             transport.abort(slot, seq, max(0.001, end - _monotonic()))
         except ReaderRemovedError:
-            self._lost()
+            self.lost()
             raise
         except CCIDError as exc:
             log.info("%s: ABORT class request failed: %s", self.name, exc)
@@ -676,102 +765,41 @@ class Channel:
             left = end - _monotonic()
             if left <= 0.001:
                 return
-            self._write(transport, abort.frame, left)
-            with self._rx:
-                self._outstanding[abort.seq] = abort.slot
+            wire = self.wire
+            wire.write(transport, abort.frame, left)
+            wire.expect(abort.seq, abort.slot)
             try:
                 while _monotonic() < end:
                     try:
-                        frame = self._receive(abort.seq, abort.slot,
-                                              max(0.001, end - _monotonic()))
+                        frame = wire.receive(abort.seq, abort.slot,
+                                             max(0.001, end - _monotonic()))
                     except ProtocolError:
                         continue  # the rest of the aborted command's reply: skip it
                     if len(frame) >= 7 and frame[6] == abort.seq:
                         return
             finally:
-                with self._rx:
-                    if self._outstanding.get(abort.seq) == abort.slot:
-                        del self._outstanding[abort.seq]
+                wire.done(abort.seq, abort.slot)
         except ReaderRemovedError:
-            self._lost()
+            self.lost()
             raise
         except CCIDError as exc:
             log.info("%s: PC_to_RDR_Abort got no answer: %s", self.name, exc)
             quiet = min(0.02, end - _monotonic())
             if quiet > 0:
-                self.drain(quiet)
+                self.wire.drain(quiet)
         finally:
             tls.card = caller
 
     def recover(self) -> None:
         """After a mismatched reply: drop whatever is queued so the next command is clean."""
         with contextlib.suppress(ReaderTimeoutError, ProtocolError):
-            self.drain(0.02)
-
-    def drain(self, quiet: float) -> None:
-        """Drop frames nobody waits for until the reader is ``quiet`` seconds silent (at
-        most 16 of them); other slots' replies still reach their callers."""
-        transport = self.transport
-        if transport is None:
-            return
-        if not self.serial:
-            self._drain_routed(quiet)
-            return
-        self.assembler.reset()
-        for _ in range(16):
-            try:
-                transport.read(quiet)
-            except ReaderTimeoutError:
-                break
-            except ReaderRemovedError:
-                self._lost()
-                raise
-            except CCIDError:
-                break
-        self.assembler.reset()
-
-    def _drain_routed(self, quiet: float) -> None:
-        """:meth:`drain` with other slots' commands in flight: their replies go to the
-        mailbox by bSeq, only frames nobody waits for are dropped."""
-        end = _monotonic() + quiet
-        with self._rx:
-            while self._rx_busy:
-                # Another thread is reading: it routes every frame by bSeq itself.
-                left = end - _monotonic()
-                if left <= 0:
-                    return
-                self._rx.wait(left)
-            self._rx_busy = True
-        try:
-            for _ in range(16):
-                try:
-                    frame = self._read_frame(_monotonic() + quiet)
-                except ReaderTimeoutError:
-                    break
-                except ReaderRemovedError:
-                    self._lost()
-                    raise
-                except ProtocolError:
-                    continue  # an unreadable frame nobody can claim
-                except CCIDError:
-                    break
-                fseq = frame[6] if len(frame) > 6 else -1
-                fslot = frame[5] if len(frame) > 6 else -1
-                with self._rx:
-                    if self._outstanding.get(fseq) == fslot:
-                        self._mailbox[(fseq, fslot)] = frame
-                        self._rx.notify_all()
-        finally:
-            with self._rx:
-                self._rx_busy = False
-                self._rx.notify_all()
+            self.wire.drain(0.02)
 
     # --- closing --------------------------------------------------------------------------
 
     def wake_all(self) -> None:
         """Wake the threads waiting for the mailbox (close())."""
-        with self._rx:
-            self._rx.notify_all()
+        self.wire.wake_all()
 
     def take_permits(self, deadline: float | None, held: int = 0) -> int:
         """Take the busy permits (no transfer runs once all are held), up to ``deadline``
