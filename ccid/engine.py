@@ -25,7 +25,6 @@ from ccid.constants import (
     HEADER_SIZE,
     REPLY_TYPE,
     ChainParameter,
-    ClassRequest,
     CommandStatus,
     ICCStatus,
     LevelParameter,
@@ -52,15 +51,10 @@ __all__ = [
     "Engine",
     "Event",
     "FrameAssembler",
-    "HardwareErrorNotice",
     "Pending",
     "Reply",
-    "SlotChange",
     "TimeExtension",
-    "abort_setup",
-    "class_request_setup",
     "describe_offset",
-    "parse_interrupt",
 ]
 
 # The framing twins' raw functions (int status, no enum wrapping): per-frame hot path.
@@ -178,73 +172,6 @@ class Discarded:
 
 
 Event = Reply | TimeExtension | Discarded
-
-
-# --- interrupt messages ----------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class SlotChange:
-    """One slot's bit pair of RDR_to_PC_NotifySlotChange."""
-
-    slot: int
-    present: bool
-    changed: bool
-
-
-@dataclass(frozen=True, slots=True)
-class HardwareErrorNotice:
-    """RDR_to_PC_HardwareError."""
-
-    slot: int
-    seq: int
-    code: int
-
-
-def parse_interrupt(
-    data: bytes, slot_count: int | None = None
-) -> list[SlotChange | HardwareErrorNotice]:
-    """Decode one interrupt-IN transfer; ``ProtocolError`` for an unknown or short message.
-
-    NotifySlotChange carries 2 bits per slot (present, changed), 4 slots per byte; only
-    ``slot_count`` slots are reported when given (the padding bits of the last byte mean
-    nothing).
-    """
-    data = bytes(data)
-    if not data:
-        raise ProtocolError("empty interrupt message")
-    kind = data[0]
-    if kind == M.RDR_to_PC_NotifySlotChange:
-        if len(data) < 2:
-            raise ProtocolError("NotifySlotChange without slot bits")
-        bits = data[1:]
-        count = len(bits) * 4 if slot_count is None else min(slot_count, len(bits) * 4)
-        out: list[SlotChange | HardwareErrorNotice] = []
-        for slot in range(count):
-            pair = (bits[slot // 4] >> (2 * (slot % 4))) & 0x03
-            out.append(SlotChange(slot, bool(pair & 1), bool(pair & 2)))
-        return out
-    if kind == M.RDR_to_PC_HardwareError:
-        if len(data) < 4:
-            raise ProtocolError(f"HardwareError message of {len(data)} bytes, expected 4")
-        return [HardwareErrorNotice(data[1], data[2], data[3])]
-    raise ProtocolError(f"unknown interrupt message type 0x{kind:02X} ({data[:8].hex(' ')})")
-
-
-# --- control requests ------------------------------------------------------------------
-
-
-def class_request_setup(request: ClassRequest, interface: int, length: int = 0,
-                        value: int = 0) -> tuple[int, int, int, int, int]:
-    """(bmRequestType, bRequest, wValue, wIndex, wLength) of a CCID class request."""
-    if request == ClassRequest.ABORT:
-        return 0x21, int(request), value, interface, 0
-    return 0xA1, int(request), value, interface, length
-
-
-def abort_setup(interface: int, slot: int, seq: int) -> tuple[int, int, int, int, int]:
-    """Setup of the ABORT class request: wValue = bSeq << 8 | bSlot (CCID 1.1 5.3.1)."""
-    return class_request_setup(ClassRequest.ABORT, interface, value=(seq << 8) | slot)
 
 
 # --- reassembly and chaining -----------------------------------------------------------

@@ -6,20 +6,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ccid.constants import ClassRequest, LevelParameter, MessageType, PowerSelect
+from ccid.constants import LevelParameter, MessageType, PowerSelect
 from ccid.engine import (
     ChainedResponse,
     Discarded,
     Engine,
     FrameAssembler,
-    HardwareErrorNotice,
     Reply,
-    SlotChange,
     TimeExtension,
-    abort_setup,
-    class_request_setup,
     describe_offset,
-    parse_interrupt,
 )
 from ccid.errors import (
     CardMuteError,
@@ -273,33 +268,3 @@ def test_chained_response() -> None:
         c.add(0x03, bytes(6))
 
 
-# --- interrupts and control requests ---------------------------------------------------
-
-
-def test_notify_slot_change_bits() -> None:
-    # slot 0 present+changed, slot 1 absent+changed, slot 2 present, slot 4 present
-    events = parse_interrupt(bytes([0x50, 0b00011011, 0b00000001]), slot_count=5)
-    assert events == [SlotChange(0, True, True), SlotChange(1, False, True),
-                      SlotChange(2, True, False), SlotChange(3, False, False),
-                      SlotChange(4, True, False)]
-    assert len(parse_interrupt(bytes([0x50, 0x03]))) == 4
-
-
-def test_hardware_error_and_bad_interrupts() -> None:
-    assert parse_interrupt(bytes([0x51, 1, 9, 0x01])) == [HardwareErrorNotice(1, 9, 1)]
-    for bad in (b"", b"\x50", b"\x51\x00", b"\x99\x00"):
-        with pytest.raises(ProtocolError):
-            parse_interrupt(bad)
-
-
-@given(st.binary(max_size=20))
-def test_parse_interrupt_never_crashes(data: bytes) -> None:
-    try:
-        parse_interrupt(data)
-    except ProtocolError:
-        pass
-
-
-def test_class_request_setups() -> None:
-    assert abort_setup(2, 1, 0x33) == (0x21, 0x01, 0x3301, 2, 0)
-    assert class_request_setup(ClassRequest.GET_DATA_RATES, 0, 256) == (0xA1, 3, 0, 0, 256)

@@ -201,9 +201,9 @@ def t_messages(data: bytes) -> None:
 
 
 def t_interrupt(data: bytes) -> None:
-    from ccid.engine import parse_interrupt
+    from ccid.messages import parse_interrupt
 
-    slots = None if not data or data[-1] & 1 else data[-1] % 40
+    slots = data[-1] % 40 + 1 if data else 1
     try:
         parse_interrupt(data, slots)
     except CCIDError:
