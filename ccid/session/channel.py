@@ -143,9 +143,8 @@ class Wire:
                     raise
 
     def write(self, transport: UsbTransport, frame: bytes, timeout: float) -> None:
-        ch = self.ch
         try:
-            if ch.serial:
+            if self.ch.serial:
                 transport.write(frame, timeout)
             else:
                 with self._write_lock:

@@ -145,14 +145,14 @@ class Exchange:
         deadline = _monotonic() + ceiling
         limit = channel.engine.max_message_length
         room = (limit or 65546) - HEADER_SIZE
-        if self.level is _SHORT_APDU:
-            if len(apdu) > min(room, _SHORT_APDU_MAX):
-                raise UsageError(
-                    f"APDU of {len(apdu)} bytes does not fit a short-APDU reader "
-                    "(at most 261 bytes: 4 header + Lc + 255 data + Le)", reader=self.name)
-            return channel.xfr(s, apdu, deadline)[HEADER_SIZE:]
+        if self.level is _SHORT_APDU and len(apdu) > min(room, _SHORT_APDU_MAX):
+            raise UsageError(
+                f"APDU of {len(apdu)} bytes does not fit a short-APDU reader "
+                "(at most 261 bytes: 4 header + Lc + 255 data + Le)", reader=self.name)
         held = channel.hold(deadline)
         try:
+            if self.level is _SHORT_APDU:
+                return channel.xfr(s, apdu, deadline, held=held)[HEADER_SIZE:]
             if len(apdu) <= room:  # one message: the common case, no chaining plumbing
                 frame = channel.xfr(s, apdu, deadline, held=held)
                 if frame[9] == _CHAIN_COMPLETE:
