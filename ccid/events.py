@@ -94,6 +94,8 @@ class _Forwarder:
             self.reader.close()
 
 
+# One generator with its helpers inside: they share the watch's state (the readers known,
+# their forwarders, the queue), and the generator's ``finally`` releases all of it.
 def watch(backend: Any = None, interval: float = 0.5, timeout: float | None = None, *,
           cards: bool = True, readers: dict[str, Any] | None = None,
           stop: threading.Event | None = None, **open_options: Any) -> Iterator[Event]:
