@@ -1715,8 +1715,9 @@ class Reader:
         supported = desc.voltages
         order = [(Voltage.V5_0, PowerSelect.V5_0), (Voltage.V3_0, PowerSelect.V3_0),
                  (Voltage.V1_8, PowerSelect.V1_8)]
-        chosen = [sel for bit, sel in order if supported & bit]
-        return chosen or [PowerSelect.AUTO]
+        # bVoltageSupport 0 names no class: try them all, 5 V first, as libccid does. Not
+        # AUTO: without dwFeatures AUTO_VOLTAGE a reader may refuse bPowerSelect 0.
+        return [sel for bit, sel in order if supported & bit or not supported]
 
     def _power_on(self, s: _Slot, ceiling: float) -> bytes:
         ctx = _QuirkContext(self) if self.quirks else None
