@@ -224,7 +224,33 @@ def _after_fork_in_child() -> None:
     # The child shares the parent's USB file descriptors: never touch them from here.
     for reader in list(_open_readers):
         reader._mark_inherited()
+        _make_inert(reader)
     _registry.clear()
+
+
+#: pyusb objects inherited from the parent, kept alive for the child's whole life: their
+#: finalizers are detached, and no collection may reach them either.
+_inherited_usb: list[Any] = []
+
+
+def _make_inert(reader: Reader) -> None:
+    """Detach pyusb's own finalizers from the parent's device and backend: run in a fork
+    child (at exit, on collection) they would release the interface and close the handle
+    the child shares with its parent (Linux usbfs: the parent's claim goes with it)."""
+    device = reader.info._interface.device
+    transport = reader._transport
+    objects = [device, getattr(transport, "_dev", None), getattr(device, "backend", None),
+               getattr(getattr(device, "_ctx", None), "backend", None)]
+    for obj in objects:
+        if obj is None or any(obj is kept for kept in _inherited_usb):
+            continue
+        finalizer = getattr(obj, "_finalizer", None)
+        if finalizer is not None:
+            with contextlib.suppress(Exception):
+                finalizer.detach()
+        with contextlib.suppress(Exception):
+            obj._finalize_called = True  # __del__ then does nothing either
+        _inherited_usb.append(obj)
 
 
 #: With the at-fork hook every inherited reader is marked at once; without it (no
