@@ -1729,6 +1729,10 @@ class Reader:
         wanted = _protocol_number(protocol, self.name, s.index)
         ceiling = self.timeout if timeout is None else _as_seconds(timeout, "timeout",
                                                                    self.name, s.index)
+        if mode != "direct" and self.descriptor.exchange_level is _CHARACTER:
+            # Refused before power-up: negotiating T=1 on such a reader would already need
+            # character-level exchanges, and the reader's refusal would hide the cause.
+            raise self._character_level(s.index)
         # Refuse at once, before waiting for the slot lock: an exclusive connect while
         # another thread runs a transaction is a sharing violation, not a wait (pcsc-lite).
         self._claim(s, mode)
@@ -2012,11 +2016,14 @@ class Reader:
         if s.protocol == 1:
             return self._t1_run(s, s.t1.start(apdu), ceiling, apdu)
         if level is _CHARACTER:
-            raise UnsupportedReaderError(
-                "the reader exchanges characters (dwFeatures: character level), which this "
-                "library does not drive; APDUs need a TPDU, short or extended APDU reader",
-                reader=self.name, slot=s.index)
+            raise self._character_level(s.index)
         return self._t0_run(s, apdu, ceiling, raw_t0)
+
+    def _character_level(self, slot: int) -> UnsupportedReaderError:
+        return UnsupportedReaderError(
+            "the reader exchanges characters (dwFeatures: character level), which this "
+            "library does not drive; APDUs need a TPDU, short or extended APDU reader",
+            reader=self.name, slot=slot)
 
     def _hold(self, deadline: float) -> bool:
         """Take a one-busy-slot reader for a whole APDU exchange; True when taken.

@@ -103,8 +103,6 @@ def test_every_corpus_interface_opens_connects_and_exchanges(
     assert opened == 1372
 
 
-@pytest.mark.xfail(strict=True, reason="UnsupportedReaderError for character-level readers "
-                   "comes with the session branch's reader.py fix")
 @pytest.mark.parametrize("key", CHARACTER_LEVEL, ids=lambda key: key[0])
 @pytest.mark.parametrize("protocol", [1, 0])
 def test_character_level_reader_is_unsupported(descriptor_corpus: dict[str, Any],
