@@ -13,18 +13,27 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
 from ccid.errors import CCIDError
 from ccid.session.monitor import TICK_SECONDS
-from ccid.session.slot import CardInserted, CardRemoved, HardwareErrorEvent, ReaderRemoved
+from ccid.session.slot import (
+    EVENT_QUEUE_MAX,
+    CardInserted,
+    CardRemoved,
+    EventQueue,
+    HardwareErrorEvent,
+    ReaderRemoved,
+)
 
 __all__ = [
+    "EVENT_QUEUE_MAX",
     "CardInserted",
     "CardRemoved",
     "Event",
+    "EventQueue",
     "HardwareError",
     "HardwareErrorEvent",
     "ReaderAdded",
@@ -163,12 +172,7 @@ def watch(backend: Any = None, interval: float = 0.5, timeout: float | None = No
             return
         if readers is not None:
             readers[reader.name] = reader
-        initial: Callable[[], Any] | None = getattr(reader, "slot_states", None)
-        if callable(initial):
-            with contextlib.suppress(CCIDError):
-                for slot, present in enumerate(initial()):
-                    if present:
-                        events.put((key, CardInserted(reader.name, slot)))
+        # Cards already present come first from the reader's own events.
         forwarders[key] = _Forwarder(key, reader, events)
 
     try:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import threading
 import time
 import warnings
@@ -44,15 +43,18 @@ from ccid.errors import (
     TransportError,
     UsageError,
 )
-from ccid.session.card import Card, Rooms
-from ccid.session.channel import Channel
-from ccid.session.exchange import Exchange
+from ccid.session.card import MAX_APDU_LENGTH, Card, Rooms
+from ccid.session.channel import CANCEL_SLICE, DEADLINE_MARGIN, Channel
+from ccid.session.exchange import Exchange, character_level
 from ccid.session.monitor import SlotMonitor, SlotPort
+from ccid.session.opening import MAX_MESSAGE_LENGTH as MAX_MESSAGE_LENGTH
 from ccid.session.opening import (
     QUIRK_ESCAPE_TIMEOUT,
     Quirks,
     ReaderInfo,
     list_readers,
+    make_inert,
+    message_limit,
     read_rates,
     register,
     select,
@@ -61,7 +63,7 @@ from ccid.session.opening import (
 from ccid.session.options import READER_WAIT, Mode, ReaderOptions, check_mode
 from ccid.session.pinpad import PinFormat, Pinpad
 from ccid.session.powerup import PowerUp
-from ccid.session.slot import Change, SlotInfo, SlotState
+from ccid.session.slot import Change, EventQueue, SlotInfo, SlotState
 from ccid.transport.iccd import transport_class
 
 __all__ = [
@@ -121,7 +123,7 @@ class Reader:
         self.warnings: list[str] = []
         self._slots = [SlotState(i, n) for i, n in enumerate(info.slot_names)]
         self._channel = Channel(self.name, len(self._slots))
-        self._events: queue.Queue[Any] = queue.Queue()
+        self._events = EventQueue()
         self._port = SlotPort(self.name, self._channel, self._slots, self._events,
                               interrupt=info.has_interrupt,
                               poll_interval=self.options.poll_interval)
@@ -155,7 +157,7 @@ class Reader:
         quirks.check_firmware(options.allow_bad_firmware)
         desc, pinpad_off = quirks.adjust_descriptor(self.descriptor)
         self.descriptor = desc
-        channel.configure(desc.dwMaxCCIDMessageLength or 0,
+        channel.configure(message_limit(desc, self.name),
                           max(1, min(desc.bMaxCCIDBusySlots or 1, len(self._slots))))
         wait = options.open_timeout
         for quirk in quirks.hooks("open_timeout"):
@@ -186,6 +188,7 @@ class Reader:
             PowerUp(channel, desc, quirks, options, self.slot_data_rates, exchange, self._warn),
             exchange,
             Pinpad(channel, desc, info.descriptor, quirks, exchange, quirks.state, pinpad_off))
+        self._port.report_present()
         if options.events:
             self._monitor = SlotMonitor(self._port)
             self._monitor.start()
@@ -229,10 +232,11 @@ class Reader:
         self._resync(self._open_wait)
 
     def _warn(self, message: str) -> None:
+        """A fact about the device (a quirk applied, a failed negotiation): logged once and
+        kept in ``warnings``. The ``warnings`` module is for API misuse only."""
         self.warnings.append(message)
         text = message if message.startswith(self.name) else f"{self.name}: {message}"
         log.warning("%s", text)
-        warnings.warn(text, RuntimeWarning, stacklevel=3)
 
     def report(self) -> Any:
         """What ``ccid parse`` prints: the descriptor as declared (before quirks) and the
@@ -282,10 +286,14 @@ class Reader:
         return f"<Reader {self.name!r} {state}>"
 
     def __del__(self) -> None:
-        # Best effort only: a fork child never touches the parent's handle.
+        # A reader its user lost track of is closed here (the event thread does not hold
+        # it), with a ResourceWarning as an unclosed file gives. A fork child never
+        # touches the parent's handle.
         try:
             channel = self._channel
             if not channel.closed and not channel.inherited and channel.pid == os.getpid():
+                warnings.warn(f"unclosed reader {self.name!r}; close it or use 'with'",
+                              ResourceWarning, source=self, stacklevel=2)
                 self.close()
         except Exception:
             pass
@@ -352,6 +360,7 @@ class Reader:
         channel.inherited = True
         if channel.transport is not None:
             channel.transport.mark_inherited()
+        make_inert(self.info, channel.transport)
         monitor, self._monitor = self._monitor, None
         if monitor is not None:
             monitor.abandon()
@@ -421,16 +430,21 @@ class Reader:
     def wait_for_event(self, timeout: float | None = None) -> Any:
         """The next card event (CardInserted, CardRemoved, ...), or None after ``timeout``."""
         channel = self._channel
-        if channel.inherited or channel.pid != os.getpid():
+        if channel.foreign() or (channel.closed and not channel.removed):
             channel.check_usable()
         if timeout is not None:
             timeout = as_seconds(timeout, "timeout", self.name, zero=True)
-        try:
-            return self._events.get(timeout=timeout)
-        except queue.Empty:
+        end = None if timeout is None else time.monotonic() + timeout
+        while True:
+            # in slices: a close() from another thread ends the wait
+            left = CANCEL_SLICE if end is None else min(CANCEL_SLICE, end - time.monotonic())
+            event = self._events.get(max(0.0, left))
+            if event is not None:
+                return event
             if channel.closed and not channel.removed:
                 channel.check_usable()
-            return None
+            if end is not None and time.monotonic() >= end:
+                return None
 
     def events(self, timeout: float | None = None) -> Iterator[Any]:
         """Yield events as they come; stops after ``timeout`` seconds without one."""
@@ -473,6 +487,10 @@ class Reader:
         rooms = self._rooms
         if rooms is None:  # only while open() runs (a quirk cannot connect)
             raise UsageError("the reader is still opening", reader=self.name)
+        if mode != "direct" and self.descriptor.exchange_level is ExchangeLevel.CHARACTER:
+            # Refused before power-up: negotiating T=1 on such a reader would already need
+            # character-level exchanges, and the reader's refusal would hide the cause.
+            raise character_level(self.name, s.index)
         # Refuse at once, before waiting for the slot lock: an exclusive connect while
         # another thread runs a transaction is a sharing violation, not a wait (pcsc-lite).
         self._claim(s, mode)

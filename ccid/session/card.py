@@ -46,7 +46,10 @@ from ccid.session.slot import Change, SlotState
 if TYPE_CHECKING:
     from ccid.reader import Reader
 
-__all__ = ["Card", "Rooms", "card_changed"]
+__all__ = ["MAX_APDU_LENGTH", "Card", "Rooms", "card_changed"]
+
+#: Longest command APDU: extended, 4 header + 3 Lc + 65535 data + 2 Le (ISO/IEC 7816-4).
+MAX_APDU_LENGTH = 65544
 
 _monotonic = time.monotonic
 _NO_SPAN = contextlib.nullcontext()
@@ -256,9 +259,12 @@ class Card:
         if self.mode == "direct":
             raise UsageError("a direct-mode handle cannot transmit APDUs", reader=reader.name,
                              slot=self.slot)
-        if len(apdu) < 4:
-            raise UsageError(f"APDU of {len(apdu)} bytes is shorter than its 4-byte header",
-                             reader=reader.name, slot=self.slot)
+        if len(apdu) < 4 or len(apdu) > MAX_APDU_LENGTH:
+            raise UsageError(
+                f"APDU of {len(apdu)} bytes is shorter than its 4-byte header" if len(apdu) < 4
+                else f"APDU of {len(apdu)} bytes is longer than any command APDU (at most "
+                f"{MAX_APDU_LENGTH}: 4 header + 3 Lc + 65535 data + 2 Le)",
+                reader=reader.name, slot=self.slot)
         ceiling = reader.timeout if timeout is None else as_seconds(timeout, "timeout",
                                                                      reader.name, self.slot)
         if _trace.enabled:  # the one trace test of an APDU when tracing is off

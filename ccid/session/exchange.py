@@ -18,13 +18,13 @@ from typing import Final
 from ccid.constants import HEADER_SIZE, ChainParameter, ExchangeLevel, LevelParameter
 from ccid.descriptor import CCIDDescriptor
 from ccid.engine import CHAINED_RESPONSE_LIMIT, ChainedResponse
-from ccid.errors import CardMuteError, ProtocolError, UsageError
+from ccid.errors import CardError, CardMuteError, ProtocolError, UnsupportedReaderError, UsageError
 from ccid.framing import CHAIN_EXTENDED, CHAIN_T1, Chain
 from ccid.protocol.t0 import T0Exchange
 from ccid.session.channel import Channel, LeftChain
 from ccid.session.slot import SlotState
 
-__all__ = ["Exchange"]
+__all__ = ["T1_MAX_ROUNDS", "Exchange", "character_level"]
 
 _monotonic = time.monotonic
 # Enum members as plain module constants: on Python 3.11 each ``Enum.MEMBER`` access costs
@@ -36,6 +36,17 @@ _CHAIN_COMPLETE: Final = int(ChainParameter.COMPLETE)
 _CONTINUE_RESPONSE: Final = int(LevelParameter.CONTINUE_RESPONSE)
 #: Longest short APDU: 4 header + Lc + 255 data + Le.
 _SHORT_APDU_MAX: Final = 261
+#: Most T=1 blocks one exchange may take after the fast path leaves it (a 64 KB chain at
+#: IFS 1 needs 65,536): a card that never ends an exchange is stopped here or by the ceiling.
+T1_MAX_ROUNDS: Final = 70_000
+
+
+def character_level(reader: str, slot: int) -> UnsupportedReaderError:
+    """The error for a character-level reader (refused at connect, before power-up)."""
+    return UnsupportedReaderError(
+        "the reader exchanges characters (dwFeatures: character level), which this "
+        "library does not drive; APDUs need a TPDU, short or extended APDU reader",
+        reader=reader, slot=slot)
 
 
 class Exchange:
@@ -56,7 +67,7 @@ class Exchange:
         if s.protocol == 1:
             return self.t1_run(s, s.t1.start(apdu), ceiling, apdu)
         if level is _CHARACTER:
-            raise UsageError("character-level readers are not supported", reader=self.name)
+            raise character_level(self.name, s.index)
         return self.t0_run(s, apdu, ceiling, raw_t0)
 
     def t0_run(self, s: SlotState, apdu: bytes, ceiling: float, raw: bool) -> bytes:
@@ -116,7 +127,7 @@ class Exchange:
                 else:
                     t1.resume(0, chain.ns, chain.nr, 0, 0, b"")
                     return response
-            for _ in range(100_000):  # each round moves the exchange or counts a retry
+            for _ in range(T1_MAX_ROUNDS):  # each round moves the exchange or a retry
                 try:
                     frame = xfr(s, block, deadline, bwi=bwi, held=held)
                 except CardMuteError:
@@ -128,6 +139,11 @@ class Exchange:
                     done: bytes = response
                     return done
                 block = following
+            # Inside the try: the protocol state is reset below like any failed exchange.
+            raise CardError(
+                f"the card's T=1 exchange did not converge in {T1_MAX_ROUNDS} blocks (it "
+                "keeps asking, e.g. S(IFS) or S(WTX) requests, without answering)",
+                reader=self.name, slot=s.index, pcsc_code="SCARD_F_COMM_ERROR")
         except BaseException:
             if t1.state.value != "idle":
                 # Abandoned mid-exchange (timeout, bad reply, card gone): the next APDU
@@ -138,7 +154,6 @@ class Exchange:
         finally:
             if held:
                 channel.unhold()
-        raise ProtocolError("T=1 exchange did not converge", reader=self.name, slot=s.index)
 
     def apdu_level(self, s: SlotState, apdu: bytes, ceiling: float) -> bytes:
         channel = self.channel

@@ -29,15 +29,23 @@ from ccid.errors import (
 )
 from ccid.session.channel import Channel
 from ccid.session.options import READER_WAIT
-from ccid.session.slot import EventSink, HardwareErrorEvent, ReaderRemoved, SlotState
+from ccid.session.slot import (
+    CardInserted,
+    EventSink,
+    HardwareErrorEvent,
+    ReaderRemoved,
+    SlotState,
+)
 
 __all__ = ["BACKOFF_FIRST", "BACKOFF_MAX", "QUICK_RETRIES", "TICK_SECONDS", "SlotMonitor",
            "SlotPort"]
 
 log = logging.getLogger("ccid.events")
 
-#: How long one interrupt read or one wait lasts, so that stop() returns promptly.
-TICK_SECONDS = 0.25
+#: How long one interrupt read or one wait lasts, so that stop() (and so a reader's
+#: close()) returns promptly. Interrupt messages are one packet each: a read that times out
+#: loses none.
+TICK_SECONDS = 0.05
 #: Failures in a row the monitor retries at once (a stall is cleared by the first retry).
 QUICK_RETRIES = 3
 #: After QUICK_RETRIES failures in a row the monitor waits between tries: this long first,
@@ -69,6 +77,16 @@ class SlotPort:
         """A GetSlotStatus answer of ours for ``s``."""
         s.learn(status != ICCStatus.ABSENT, interrupt=self.interrupt, reader=self.name,
                 sink=self.sink)
+
+    def report_present(self) -> None:
+        """Cards present at open are the first events (as pcsc_scan and pyscard's
+        CardMonitor report them)."""
+        for s in self.slots:
+            with s.state_lock:
+                present = s.present
+                atr = bytes(s.atr) if s.powered and s.atr is not None else None
+            if present:
+                self.sink.put(CardInserted(self.name, s.index, atr))
 
     def hardware_error(self, slot: int, seq: int, code: int) -> None:
         self.sink.put(HardwareErrorEvent(self.name, slot, seq, code))

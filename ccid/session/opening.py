@@ -9,6 +9,7 @@ open reader inherited, and its calls raise UsageError naming the fix.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -17,7 +18,7 @@ from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
-from ccid.constants import ClassRequest, ExchangeLevel
+from ccid.constants import HEADER_SIZE, ClassRequest, ExchangeLevel
 from ccid.descriptor import CCIDDescriptor, parse_clock_frequencies, parse_data_rates
 from ccid.errors import (
     CCIDError,
@@ -33,11 +34,15 @@ from ccid.errors import (
 from ccid.transport.usb import UsbInterface, UsbTransport, find_interfaces
 
 __all__ = [
+    "MAX_MESSAGE_LENGTH",
+    "MIN_MESSAGE_LENGTH",
     "QUIRK_ESCAPE_TIMEOUT",
     "QuirkContext",
     "Quirks",
     "ReaderInfo",
     "list_readers",
+    "make_inert",
+    "message_limit",
     "read_rates",
     "register",
     "select",
@@ -48,6 +53,11 @@ log = logging.getLogger("ccid.reader")
 
 #: Short timeout for quirk escapes at open: a reader that never answers them must not hang us.
 QUIRK_ESCAPE_TIMEOUT: Final = 1.0
+#: Largest CCID message: the header and an extended APDU (CCID 1.1 dwMaxCCIDMessageLength
+#: "261 + 10 .. 65544 + 10"); a larger declaration is capped (and logged).
+MAX_MESSAGE_LENGTH: Final = HEADER_SIZE + 65544
+#: Smallest declaration the session can work with: a header and a 5-byte command.
+MIN_MESSAGE_LENGTH: Final = HEADER_SIZE + 5
 
 
 # --- what is on the bus ---------------------------------------------------------------
@@ -217,6 +227,30 @@ def _after_fork_in_child() -> None:
     _registry.clear()
 
 
+#: pyusb objects inherited from the parent, kept alive for the child's whole life: their
+#: finalizers are detached, and no collection may reach them either.
+_inherited_usb: list[Any] = []
+
+
+def make_inert(info: ReaderInfo, transport: UsbTransport | None) -> None:
+    """Detach pyusb's own finalizers from the parent's device and backend: run in a fork
+    child (at exit, on collection) they would release the interface and close the handle
+    the child shares with its parent (Linux usbfs: the parent's claim goes with it)."""
+    device = info.usb.device
+    objects = [device, getattr(transport, "_dev", None), getattr(device, "backend", None),
+               getattr(getattr(device, "_ctx", None), "backend", None)]
+    for obj in objects:
+        if obj is None or any(obj is kept for kept in _inherited_usb):
+            continue
+        finalizer = getattr(obj, "_finalizer", None)
+        if finalizer is not None:
+            with contextlib.suppress(Exception):
+                finalizer.detach()
+        with contextlib.suppress(Exception):
+            obj._finalize_called = True  # __del__ then does nothing either
+        _inherited_usb.append(obj)
+
+
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
@@ -343,6 +377,22 @@ class Quirks:
             except CCIDError as exc:
                 self._warn(f"{quirk!r} could not complete after open: {exc}")
         return ctx.unanswered
+
+
+def message_limit(desc: CCIDDescriptor, name: str) -> int:
+    """dwMaxCCIDMessageLength as the session uses it: capped at what CCID allows (an
+    extended APDU and its header); a reader that cannot carry a command is refused."""
+    declared = desc.dwMaxCCIDMessageLength or 0
+    if 0 < declared < MIN_MESSAGE_LENGTH:
+        raise UnsupportedReaderError(
+            f"the reader declares dwMaxCCIDMessageLength {declared}: too small to carry "
+            f"any command (at least {MIN_MESSAGE_LENGTH} bytes are needed; CCID requires "
+            "271)", reader=name)
+    if declared > MAX_MESSAGE_LENGTH:
+        log.warning("%s: dwMaxCCIDMessageLength %d is more than CCID allows; using %d",
+                    name, declared, MAX_MESSAGE_LENGTH)
+        return MAX_MESSAGE_LENGTH
+    return declared
 
 
 def read_rates(transport: UsbTransport, desc: CCIDDescriptor, quirks: Quirks,

@@ -95,8 +95,9 @@ class PowerUp:
         if desc.dwFeatures & Features.AUTO_VOLTAGE:
             return [PowerSelect.AUTO]
         supported = desc.voltages
-        chosen = [sel for bit, sel in _VOLTAGE_ORDER if supported & bit]
-        return chosen or [PowerSelect.AUTO]
+        # bVoltageSupport 0 names no class: try them all, 5 V first, as libccid does. Not
+        # AUTO: without dwFeatures AUTO_VOLTAGE a reader may refuse bPowerSelect 0.
+        return [sel for bit, sel in _VOLTAGE_ORDER if supported & bit or not supported]
 
     def power_on(self, s: SlotState, ceiling: float) -> bytes:
         """IccPowerOn through the voltage classes; the ATR's bytes."""

@@ -18,10 +18,12 @@ event monitor's).
 
 from __future__ import annotations
 
+import collections
 import enum
+import logging
 import threading
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, Protocol, TypeAlias
 
 from ccid.errors import CardError, CardRemovedError, CardResetError
@@ -29,10 +31,12 @@ from ccid.protocol.atr import ATR
 from ccid.protocol.negotiate import CARD_WAIT_FLOOR
 
 __all__ = [
+    "EVENT_QUEUE_MAX",
     "TABLE",
     "CardInserted",
     "CardRemoved",
     "Change",
+    "EventQueue",
     "EventSink",
     "HardwareErrorEvent",
     "Presence",
@@ -50,10 +54,13 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class CardInserted:
-    """A card arrived in ``slot`` of ``reader``."""
+    """A card arrived in ``slot`` of ``reader`` (or was there when the reader opened: that
+    one is reported first). ``atr``: the card's ATR when the reader has read it (the card
+    was powered by this process), else None; read it with ``reader.connect()``."""
 
     reader: str
     slot: int
+    atr: bytes | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +97,71 @@ class EventSink(Protocol):
 
     def put(self, event: Any, /) -> None:
         """Take one event; must not block for long."""
+
+
+#: Most events a reader keeps for ``wait_for_event``; see :class:`EventQueue`.
+EVENT_QUEUE_MAX: Final = 256
+
+log = logging.getLogger("ccid.events")
+
+
+class EventQueue:
+    """A reader's pending events, bounded, for a user who may never read them (the
+    blocking front door's :class:`EventSink`).
+
+    What is dropped, so that memory stays bounded whatever the reader sends:
+
+    * a HardwareErrorEvent equal (slot and code) to one still waiting is coalesced into it
+      (``coalesced`` counts them);
+    * a slot event (inserted / removed) identical to the last one still waiting for that
+      slot is coalesced;
+    * when ``limit`` events wait, the oldest one goes (``dropped`` counts them; logged
+      once): a slow reader of events sees the latest state, not the whole history.
+      ReaderRemoved is always queued.
+    """
+
+    def __init__(self, limit: int = EVENT_QUEUE_MAX) -> None:
+        self.limit = max(1, limit)
+        self._items: collections.deque[Any] = collections.deque()
+        self._cond = threading.Condition(threading.Lock())
+        self.dropped = 0
+        self.coalesced = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, event: Any, /) -> None:
+        with self._cond:
+            items = self._items
+            if isinstance(event, HardwareErrorEvent):
+                if any(isinstance(e, HardwareErrorEvent) and e.slot == event.slot and
+                       e.code == event.code for e in items):
+                    self.coalesced += 1
+                    return
+            elif isinstance(event, CardInserted | CardRemoved):
+                last = next((e for e in reversed(items) if
+                             isinstance(e, CardInserted | CardRemoved) and
+                             e.slot == event.slot), None)
+                if last is not None and type(last) is type(event):
+                    self.coalesced += 1
+                    return
+            while len(items) >= self.limit:
+                items.popleft()
+                self.dropped += 1
+                if self.dropped == 1:
+                    log.warning("%s: more than %d events waiting; the oldest are dropped",
+                                getattr(event, "reader", "?"), self.limit)
+            items.append(event)
+            self._cond.notify()
+
+    def get(self, timeout: float | None = None) -> Any:
+        """The oldest event, or None when none comes within ``timeout`` seconds."""
+        with self._cond:
+            if not self._items:
+                self._cond.wait_for(lambda: bool(self._items), timeout)
+            if not self._items:
+                return None
+            return self._items.popleft()
 
 
 # --- the table -------------------------------------------------------------------------
