@@ -43,8 +43,10 @@ from ccid.errors import (
     TransportError,
     UsageError,
 )
-from ccid.session.card import MAX_APDU_LENGTH, Card, Rooms
-from ccid.session.channel import CANCEL_SLICE, DEADLINE_MARGIN, Channel
+from ccid.session.card import MAX_APDU_LENGTH as MAX_APDU_LENGTH  # limits, for callers
+from ccid.session.card import Card, Rooms
+from ccid.session.channel import CANCEL_SLICE, Channel
+from ccid.session.channel import DEADLINE_MARGIN as DEADLINE_MARGIN
 from ccid.session.exchange import Exchange, character_level
 from ccid.session.monitor import SlotMonitor, SlotPort
 from ccid.session.opening import MAX_MESSAGE_LENGTH as MAX_MESSAGE_LENGTH
