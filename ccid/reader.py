@@ -31,16 +31,13 @@ from typing import Any, Final
 
 from ccid import trace as _trace
 from ccid._args import as_bytes, as_protocol, as_seconds
-from ccid.constants import HEADER_SIZE, ClassRequest, ExchangeLevel, ICCStatus, PINSupport
-from ccid.descriptor import CCIDDescriptor, parse_clock_frequencies, parse_data_rates
+from ccid.constants import HEADER_SIZE, ExchangeLevel, ICCStatus, PINSupport
+from ccid.descriptor import CCIDDescriptor
 from ccid.errors import (
     ProtocolError,
-    ReaderError,
-    ReaderRemovedError,
     ReaderTimeoutError,
     SharingViolationError,
     SlotError,
-    TransportError,
     UsageError,
 )
 from ccid.session.card import MAX_APDU_LENGTH as MAX_APDU_LENGTH  # limits, for callers
@@ -54,6 +51,7 @@ from ccid.session.opening import (
     QUIRK_ESCAPE_TIMEOUT,
     Quirks,
     ReaderInfo,
+    interface_report,
     list_readers,
     make_inert,
     message_limit,
@@ -244,36 +242,8 @@ class Reader:
         """What ``ccid parse`` prints: the descriptor as declared (before quirks) and the
         GET_DATA_RATES / GET_CLOCK_FREQUENCIES answers, asked for even when the descriptor
         declares 0 entries (as libccid's parse tool does), with any request error."""
-        from ccid.report import InterfaceReport
-
-        intf = self.info.usb
-        transport = self._channel.live()
-        desc = intf.descriptor
-
-        def ask(request: ClassRequest, declared: int) -> tuple[tuple[int, ...] | None, str | None]:
-            parse = parse_data_rates if request == ClassRequest.GET_DATA_RATES else (
-                parse_clock_frequencies)
-            try:
-                payload = transport.class_request_in(request, 4 * (declared or 256),
-                                                     self._open_wait)
-            except (ReaderError, TransportError) as exc:
-                if isinstance(exc, ReaderRemovedError):
-                    raise
-                return None, str(exc)
-            return parse(payload, declared), None
-
-        rates, rates_error = ask(ClassRequest.GET_DATA_RATES, desc.bNumDataRatesSupported)
-        clocks, clock_error = ask(ClassRequest.GET_CLOCK_FREQUENCIES, desc.bNumClockSupported)
-        return InterfaceReport(
-            vid=intf.vid, pid=intf.pid, descriptor=desc, raw=intf.raw_descriptor,
-            manufacturer=intf.manufacturer, product=intf.product, serial=intf.serial,
-            interface_string=intf.interface_name, bcd_device=intf.bcd_device,
-            interface_number=intf.interface, interface_class=intf.interface_class,
-            num_endpoints=2 + (intf.interrupt_in is not None),
-            data_rates=rates, clock_frequencies=clocks,
-            data_rates_error=rates_error, clock_error=clock_error,
-            notes=list(self.warnings),
-        )
+        return interface_report(self.info, self._channel.live(), self._open_wait,
+                                self.warnings)
 
     # --- life cycle -------------------------------------------------------------------
 

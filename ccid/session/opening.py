@@ -40,6 +40,7 @@ __all__ = [
     "QuirkContext",
     "Quirks",
     "ReaderInfo",
+    "interface_report",
     "list_readers",
     "make_inert",
     "message_limit",
@@ -428,3 +429,36 @@ def read_rates(transport: UsbTransport, desc: CCIDDescriptor, quirks: Quirks,
             rates = tuple(quirk.adjust_data_rates(rates, slot=index))
         per_slot.append(rates)
     return (per_slot[0] if per_slot else data_rates), clocks, tuple(per_slot)
+
+
+def interface_report(info: ReaderInfo, transport: UsbTransport, wait: float,
+                     notes: list[str]) -> Any:
+    """``Reader.report``: the descriptor as declared and the class requests' answers."""
+    from ccid.report import InterfaceReport
+
+    intf = info.usb
+    desc = intf.descriptor
+
+    def ask(request: ClassRequest, declared: int) -> tuple[tuple[int, ...] | None, str | None]:
+        parse = parse_data_rates if request == ClassRequest.GET_DATA_RATES else (
+            parse_clock_frequencies)
+        try:
+            payload = transport.class_request_in(request, 4 * (declared or 256), wait)
+        except (ReaderError, TransportError) as exc:
+            if isinstance(exc, ReaderRemovedError):
+                raise
+            return None, str(exc)
+        return parse(payload, declared), None
+
+    rates, rates_error = ask(ClassRequest.GET_DATA_RATES, desc.bNumDataRatesSupported)
+    clocks, clock_error = ask(ClassRequest.GET_CLOCK_FREQUENCIES, desc.bNumClockSupported)
+    return InterfaceReport(
+        vid=intf.vid, pid=intf.pid, descriptor=desc, raw=intf.raw_descriptor,
+        manufacturer=intf.manufacturer, product=intf.product, serial=intf.serial,
+        interface_string=intf.interface_name, bcd_device=intf.bcd_device,
+        interface_number=intf.interface, interface_class=intf.interface_class,
+        num_endpoints=2 + (intf.interrupt_in is not None),
+        data_rates=rates, clock_frequencies=clocks,
+        data_rates_error=rates_error, clock_error=clock_error,
+        notes=list(notes),
+    )
