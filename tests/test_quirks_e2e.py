@@ -454,10 +454,13 @@ def openpgp_key_generation_outlasts_bwi_4() -> None:
 def oz776_goes_mute_on_pps() -> None:
     # Bug: the O2Micro OZ776 cannot do PPS: it stops answering when the host sends one
     # (here: to select T=1 on a card that starts in T=0).
-    def reader() -> VirtualReader:
+    def reader(level: ExchangeLevel = ExchangeLevel.TPDU) -> VirtualReader:
         # Its dumped GET_DATA_RATES answer (9600 only) does not hold Fi/Di 0x11 at its
-        # 4 MHz clock (10,752 bps), which the model would refuse: no list.
+        # 4 MHz clock (10,752 bps), which the model would refuse: no list. The OZ776
+        # declares character-level exchanges (dwFeatures 0x30), which connect refuses; the
+        # PPS hook is shown on the same reader declaring TPDU exchanges.
         vr = VirtualReader.from_database("0B97:7762", data_rates=())
+        vr.descriptor = with_exchange_level(vr.descriptor, level)
         vr.insert(VirtualCard(protocols=(0, 1)))
         vr.inject(NoAnswer(commands=frozenset({M.PC_to_RDR_XfrBlock}), prefix=b"\xff",
                            count=None))
@@ -473,6 +476,11 @@ def oz776_goes_mute_on_pps() -> None:
 
     with opened(reader(), False) as r, pytest.raises(ReaderTimeoutError):
         r.connect(protocol="T=1", timeout=1.0)
+
+    with opened(reader(ExchangeLevel.CHARACTER), True) as r:
+        assert r.descriptor.dwMaxDataRate == 9600
+        with pytest.raises(UnsupportedReaderError, match="character"):
+            r.connect()
 
 
 @scenario("au9540-rates")
