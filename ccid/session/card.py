@@ -35,7 +35,7 @@ from ccid.errors import (
     UsageError,
 )
 from ccid.protocol.atr import ATR
-from ccid.session.channel import AT_FORK, CANCEL_SLICE, Channel
+from ccid.session.channel import CANCEL_SLICE, Channel
 from ccid.session.exchange import Exchange
 from ccid.session.monitor import SlotPort
 from ccid.session.options import Disposition, check_disposition
@@ -218,8 +218,7 @@ class Card:
     def _check(self) -> None:
         """Refuse before anything is sent when the card changed under this handle."""
         channel = self._rooms.channel
-        if channel.inherited or channel.closed or channel.removed or (
-                not AT_FORK and channel.pid != os.getpid()):
+        if not channel.usable():
             channel.check_usable()
         if not self._connected:
             raise UsageError("the card handle is disconnected", reader=self.reader.name,

@@ -75,6 +75,13 @@ _WAIT_SHARE = 1.0 - ABORT_SHARE
 _XFR_BLOCK, _DATA_BLOCK = 0x6F, 0x80
 
 
+def _write_timeout(wait: float, left: float) -> float:
+    """How long one bulk-OUT write may take: a healthy reader takes a frame in
+    milliseconds, so a wedged one should not cost a whole card timeout (but at least 0.5 s),
+    and never past the call's ``left`` seconds."""
+    return min(left, max(wait, 0.5))
+
+
 def _reply_wait(left: float) -> float:
     """The part of ``left`` seconds a reply may take, leaving the abort its share."""
     return left - min(ABORT_WAIT, ABORT_SHARE * left)
@@ -203,7 +210,7 @@ class Wire:
         transport = ch.transport
         assembler = ch.assembler
         if transport is None or (got is None and (
-                ch.closed or ch.removed or ch.inherited or assembler.pending_bytes)):
+                assembler.pending_bytes or not ch.usable())):
             return self.read_frame(end)
         try:
             if got is None:
@@ -380,6 +387,11 @@ class Channel:
         """True in a fork child (this handle belongs to the parent process)."""
         return self.inherited or (not AT_FORK and self.pid != os.getpid())
 
+    def usable(self) -> bool:
+        """The one live check: open, not unplugged, this process's handle."""
+        return not (self.closed or self.removed or self.inherited) and (
+            AT_FORK or self.pid == os.getpid())
+
     def check_usable(self) -> None:
         """UsageError (fork child, closed) or ReaderRemovedError, before anything is sent."""
         if self.foreign():
@@ -395,8 +407,7 @@ class Channel:
     def live(self) -> UsbTransport:
         """The transport of a usable reader, else the error :meth:`check_usable` says."""
         transport = self.transport
-        if transport is None or self.closed or self.removed or self.inherited or (
-                not AT_FORK and self.pid != os.getpid()):
+        if transport is None or not self.usable():
             self.check_usable()
             if transport is None:
                 raise UsageError("the reader is closed", reader=self.name)
@@ -406,9 +417,8 @@ class Channel:
         """The transport when the fast path may skip the general machinery: the caller
         holds a one-busy-slot reader that is live, with no partial frame pending."""
         transport = self.transport
-        if held and self.serial and transport is not None and not (
-                self.closed or self.removed or self.inherited or
-                self.assembler.pending_bytes) and (AT_FORK or self.pid == os.getpid()):
+        if held and self.serial and transport is not None and \
+                not self.assembler.pending_bytes and self.usable():
             return transport
         return None
 
@@ -495,9 +505,7 @@ class Channel:
         if not busy.acquire(False):
             self.acquire_busy(deadline, pending.slot)
         try:
-            # A healthy reader takes a frame in milliseconds: a wedged one should not
-            # cost a whole card timeout; and the write is part of the call's ceiling.
-            write_timeout = min(deadline - _monotonic(), max(wait, 0.5))
+            write_timeout = _write_timeout(wait, deadline - _monotonic())
             if write_timeout <= 0:
                 raise ReaderTimeoutError(
                     f"the call's ceiling of {ceiling:.1f} s was reached before the command "
@@ -633,9 +641,7 @@ class Channel:
         busy = self.busy
         # One outstanding command on a healthy reader (the common case): what _send does,
         # without its generality.
-        if self.serial and transport is not None and not (
-                self.closed or self.removed or self.inherited) and (
-                AT_FORK or self.pid == os.getpid()) and busy.acquire(False):
+        if self.serial and transport is not None and self.usable() and busy.acquire(False):
             try:
                 return self._write_await(transport, pending, wait, deadline, left)
             finally:
@@ -647,16 +653,8 @@ class Channel:
                     left: float) -> Any:
         """Write ``frame``, then make one read: its bytes, or the exception it raised
         (returned: :meth:`_settle` goes on from it). A failed write raises."""
-        timeout = wait if wait >= 0.5 else (left if left < 0.5 else 0.5)
         try:
-            try:
-                transport.write(frame, timeout)
-            except (ReaderTimeoutError, TransportError):
-                raise
-            except ReaderError:
-                # bulk-OUT stalled: the halt is cleared and the frame never arrived, so
-                # sending it again is safe (once).
-                transport.write(frame, timeout)
+            self.wire.write(transport, frame, _write_timeout(wait, left))
         except ReaderRemovedError:
             self.lost()
             raise
@@ -682,8 +680,7 @@ class Channel:
                      deadline: float, left: float) -> bytes:
         """Write one command and wait for its reply frame; the caller holds the reader."""
         try:
-            self.wire.write(transport, pending.frame, wait if wait >= 0.5 else
-                            (left if left < 0.5 else 0.5))
+            self.wire.write(transport, pending.frame, _write_timeout(wait, left))
             frame: bytes = self._await(pending, wait, deadline, left, True, True)
             return frame
         except ReaderRemovedError:
