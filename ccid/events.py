@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
 from ccid.errors import CCIDError
-from ccid.session.monitor import TICK_SECONDS
+from ccid.session.options import TICK_SECONDS
 from ccid.session.slot import (
     EVENT_QUEUE_MAX,
     CardInserted,

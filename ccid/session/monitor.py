@@ -28,7 +28,7 @@ from ccid.errors import (
     UsageError,
 )
 from ccid.session.channel import Channel
-from ccid.session.options import READER_WAIT
+from ccid.session.options import READER_WAIT, TICK_SECONDS
 from ccid.session.slot import (
     CardInserted,
     EventSink,
@@ -37,15 +37,11 @@ from ccid.session.slot import (
     SlotState,
 )
 
-__all__ = ["BACKOFF_FIRST", "BACKOFF_MAX", "QUICK_RETRIES", "TICK_SECONDS", "SlotMonitor",
+__all__ = ["BACKOFF_FIRST", "BACKOFF_MAX", "QUICK_RETRIES", "SlotMonitor",
            "SlotPort"]
 
 log = logging.getLogger("ccid.events")
 
-#: How long one interrupt read or one wait lasts, so that stop() (and so a reader's
-#: close()) returns promptly. Interrupt messages are one packet each: a read that times out
-#: loses none.
-TICK_SECONDS = 0.05
 #: Failures in a row the monitor retries at once (a stall is cleared by the first retry).
 QUICK_RETRIES = 3
 #: After QUICK_RETRIES failures in a row the monitor waits between tries: this long first,

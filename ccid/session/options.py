@@ -18,6 +18,7 @@ from ccid.errors import UsageError
 __all__ = [
     "DEFAULT_CEILING",
     "READER_WAIT",
+    "TICK_SECONDS",
     "Disposition",
     "Mode",
     "ReaderOptions",
@@ -29,6 +30,10 @@ __all__ = [
 DEFAULT_CEILING: Final = 60.0
 #: Wait for replies to commands that do not involve the card (status, parameters).
 READER_WAIT: Final = 5.0
+#: How long one interrupt read or one event wait lasts, so that stopping the monitor (and
+#: so a reader's close()) returns promptly. Interrupt messages are one packet each: a read
+#: that times out loses none.
+TICK_SECONDS: Final = 0.05
 
 Mode = Literal["shared", "exclusive", "direct"]
 Disposition = Literal["leave", "reset", "unpower", "eject"]
