@@ -666,6 +666,12 @@ class Server:
             if target in self.waiters:
                 self.waiters.discard(target)
                 target.send(wire.WAIT_STATE.pack(0, _rv("SCARD_E_CANCELLED")))
+            busy = [h for h in target.handles.values() if h.context == ctx]
+        # A CANCEL comes on a connection of its own, so the target's may be blocked in a
+        # card call: end it (SCARD_E_CANCELLED; the card stays usable). libpcsclite sends
+        # it only during a GetStatusChange; other client libraries may not.
+        for h in busy:
+            h.card.cancel()
         return wire.CANCEL.pack(req.fields[0], wire.SUCCESS)
 
     # --- card handles ------------------------------------------------------------------

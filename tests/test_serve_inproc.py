@@ -1,0 +1,445 @@
+"""``ccid serve`` run inside the test process (so a test can reach its readers, plug and
+unplug them, and share them with in-process ``ccid`` users), driven by real clients:
+pyscard on Debian's libpcsclite in subprocesses, and a raw client speaking the protocol."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import in_child
+from test_serve import _PRELUDE, WAIT, Lines, RawClient, need_pyscard
+
+from ccid.errors import SharingViolationError
+from ccid.serve import wire
+from ccid.serve.server import Server
+from ccid.testing import VirtualBackend, VirtualCard, VirtualDevice
+from ccid.testing.presets import preset_reader
+
+APDU = [0x00, 0x84, 0x00, 0x00, 0x08]
+
+
+@dataclass
+class InProc:
+    server: Server
+    backend: VirtualBackend
+    vreaders: list[Any]
+    path: str
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "PCSCLITE_CSOCK_NAME": self.path}
+
+    def names(self) -> list[str]:
+        with self.server.lock:
+            return [e.name for e in self.server.entries if e is not None]
+
+    def until(self, what: str, pred: Callable[[], bool]) -> None:
+        """Wait for the server's state (a hang guard, not a timing assertion)."""
+        deadline = time.monotonic() + WAIT
+        while not pred():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"never: {what}")
+            time.sleep(0.02)
+
+
+def start_server(path: str, **kw: Any) -> InProc:
+    backend = VirtualBackend()
+    vreaders = [preset_reader("gemalto-pc-twin", VirtualCard(protocols=(0, 1))),
+                preset_reader("extended-apdu", VirtualCard(protocols=(1,)))]
+    for r in vreaders:
+        backend.plug(VirtualDevice(r))
+    server = Server(path, backend=backend, interval=0.05, **kw)
+    server.start()
+    return InProc(server, backend, vreaders, path)
+
+
+@pytest.fixture
+def inproc(tmp_path: Path) -> Iterator[InProc]:
+    s = start_server(str(tmp_path / "sock" / "pcscd.comm"))
+    try:
+        yield s
+    finally:
+        s.server.close()
+
+
+class Script:
+    """A pyscard program stepping on stdin lines, reporting on stdout lines."""
+
+    def __init__(self, s: InProc, body: str) -> None:
+        need_pyscard()
+        code = f"{_PRELUDE}APDU = {APDU!r}\n{textwrap.dedent(body)}"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", code], env=s.env, text=True,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.out = Lines(self.proc)
+
+    def until(self, text: str) -> str:
+        return self.out.until(text)
+
+    def go(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
+
+    def finish(self) -> None:
+        self.until("all good")
+        assert self.proc.wait(WAIT) == 0, self.out.seen
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(WAIT)
+
+
+@contextlib.contextmanager
+def script(s: InProc, body: str) -> Iterator[Script]:
+    sc = Script(s, body)
+    try:
+        yield sc
+    finally:
+        sc.kill()
+
+
+# --- fork ------------------------------------------------------------------------------
+
+
+def test_forked_child_neither_disturbs_nor_releases_the_parents_handles(inproc: InProc) -> None:
+    """The seed's fork article: a child using the context and handle it inherited works
+    and leaves the parent's alone; its exit closes only its own connections."""
+    with script(inproc, """
+        import os
+        hr, ctx = SCardEstablishContext(SCARD_SCOPE_USER)
+        hr, readers = SCardListReaders(ctx, [])
+        hr, card, proto = SCardConnect(ctx, readers[0], SCARD_SHARE_SHARED, 3)
+        assert hr == 0 and SCardBeginTransaction(card) == 0
+        pid = os.fork()
+        if pid == 0:
+            hr, again = SCardListReaders(ctx, [])
+            assert hr == 0 and again == readers, (hr, again)
+            hr, resp = SCardTransmit(card, proto, APDU)
+            assert hr == 0 and resp[-2:] == [0x90, 0], (hr, resp)
+            hr, own = SCardEstablishContext(SCARD_SCOPE_USER)
+            hr, c2, p2 = SCardConnect(own, readers[0], SCARD_SHARE_SHARED, 3)
+            assert hr == 0, hr
+            print("child done", flush=True)
+            sys.exit(0)  # releasing nothing: the exit closes the child's sockets
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0, status
+        print("child exited", flush=True)
+        sys.stdin.readline()
+        hr, resp = SCardTransmit(card, proto, APDU)
+        assert hr == 0 and resp[-2:] == [0x90, 0], (hr, resp)
+        assert SCardEndTransaction(card, SCARD_LEAVE_CARD) == 0  # still ours
+        assert SCardDisconnect(card, SCARD_LEAVE_CARD) == 0
+        assert SCardReleaseContext(ctx) == 0
+        print("all good", flush=True)
+    """) as sc:
+        sc.until("child done")
+        sc.until("child exited")
+        # the child's own connection is gone (one handle left: the parent's)
+        inproc.until("child's handle dropped", lambda: len(inproc.server.handles) == 1)
+        entry = inproc.server.entries[0]
+        assert entry is not None and entry.lock_owner is not None
+        sc.go()
+        sc.finish()
+    assert not inproc.server.handles
+
+
+# --- sharing with in-process ccid users ------------------------------------------------------
+
+
+def test_sharing_violation_between_pcsc_client_and_in_process_user(inproc: InProc) -> None:
+    entry = inproc.server.entries[0]
+    assert entry is not None
+    reader = entry.reader
+    mine = reader.connect(0, mode="exclusive")
+    with script(inproc, """
+        hr, ctx = SCardEstablishContext(SCARD_SCOPE_USER)
+        hr, readers = SCardListReaders(ctx, [])
+        hr, card, proto = SCardConnect(ctx, readers[0], SCARD_SHARE_SHARED, 3)
+        assert U(hr) == U(SCARD_E_SHARING_VIOLATION), hex(U(hr))
+        hr, st = SCardGetStatusChange(ctx, 0, [(readers[0], SCARD_STATE_UNAWARE)])
+        print("refused", flush=True)
+        sys.stdin.readline()
+        hr, card, proto = SCardConnect(ctx, readers[0], SCARD_SHARE_EXCLUSIVE, 3)
+        assert hr == 0, hex(U(hr))
+        print("exclusive", flush=True)
+        sys.stdin.readline()
+        assert SCardDisconnect(card, SCARD_LEAVE_CARD) == 0
+        print("all good", flush=True)
+    """) as sc:
+        sc.until("refused")
+        mine.disconnect("leave")
+        sc.go()
+        sc.until("exclusive")
+        with pytest.raises(SharingViolationError) as info:
+            reader.connect(0, mode="shared")
+        assert reader.name in str(info.value)
+        sc.go()
+        sc.finish()
+    inproc.until("the client's handle dropped", lambda: not inproc.server.handles)
+    with reader.connect(0, mode="exclusive") as card:
+        assert card.transmit(bytes(APDU))[-2:] == b"\x90\x00"
+
+
+# --- hot-plug ---------------------------------------------------------------------------
+
+
+def test_reader_unplug_and_replug(inproc: InProc) -> None:
+    first, second = inproc.names()
+    with script(inproc, """
+        hr, ctx = SCardEstablishContext(SCARD_SCOPE_USER)
+        hr, readers = SCardListReaders(ctx, [])
+        assert len(readers) == 2, readers
+        hr, card, proto = SCardConnect(ctx, readers[0], SCARD_SHARE_SHARED, 3)
+        assert hr == 0
+        print("connected", flush=True)
+        sys.stdin.readline()
+        hr, resp = SCardTransmit(card, proto, APDU)
+        assert U(hr) == U(SCARD_E_READER_UNAVAILABLE), hex(U(hr))
+        hr, _n, _s, _p, _a = SCardStatus(card)
+        assert U(hr) == U(SCARD_E_READER_UNAVAILABLE), hex(U(hr))
+        hr, now = SCardListReaders(ctx, [])
+        assert hr == 0 and now == readers[1:], (hr, now)
+        print("first gone", flush=True)
+        sys.stdin.readline()
+        hr, now = SCardListReaders(ctx, [])
+        assert U(hr) == U(SCARD_E_NO_READERS_AVAILABLE), (hex(U(hr)), now)
+        print("none", flush=True)
+        sys.stdin.readline()
+        hr, now = SCardListReaders(ctx, [])
+        assert hr == 0 and len(now) == 1, (hr, now)
+        hr, c2, p2 = SCardConnect(ctx, now[0], SCARD_SHARE_SHARED, 3)
+        assert hr == 0, hex(U(hr))
+        hr, resp = SCardTransmit(c2, p2, APDU)
+        assert hr == 0 and resp[-2:] == [0x90, 0], (hr, resp)
+        hr, resp = SCardTransmit(card, proto, APDU)  # the old handle stays dead
+        assert hr != 0
+        SCardDisconnect(card, SCARD_LEAVE_CARD)
+        assert SCardDisconnect(c2, SCARD_LEAVE_CARD) == 0
+        print("all good", flush=True)
+    """) as sc:
+        sc.until("connected")
+        inproc.backend.unplug(inproc.vreaders[0])
+        inproc.until("first reader gone", lambda: inproc.names() == [second])
+        sc.go()
+        sc.until("first gone")
+        inproc.backend.unplug(inproc.vreaders[1])
+        inproc.until("no reader", lambda: inproc.names() == [])
+        sc.go()
+        sc.until("none")
+        inproc.backend.plug(inproc.vreaders[0])
+        inproc.until("first reader back, card probed", lambda: any(
+            e is not None and e.atr for e in inproc.server.entries))
+        sc.go()
+        sc.finish()
+    assert first  # (named at start)
+
+
+# --- peer credentials ----------------------------------------------------------------------
+
+
+NOBODY = 65534
+
+
+def _as_nobody_version(path: str, gid: int) -> int:
+    """In a child: become uid nobody (group ``gid``), send CMD_VERSION; 0: answered,
+    3: the server closed the connection without an answer."""
+    os.setgroups([])
+    os.setgid(gid)
+    os.setuid(NOBODY)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(WAIT)
+    sock.connect(path)
+    with contextlib.suppress(OSError):
+        sock.sendall(wire.HEADER.pack(wire.VERSION.size, wire.Command.VERSION)
+                     + wire.VERSION.pack(4, 4, 0))
+    try:
+        answer = sock.recv(wire.VERSION.size)
+    except ConnectionResetError:
+        answer = b""
+    if not answer:
+        return 3
+    return 0 if wire.VERSION.unpack(answer) == (4, 4, 0) else 4
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root")
+def test_peer_credentials_refuse_other_users(caplog: pytest.LogCaptureFixture) -> None:
+    # a socket anyone can reach, so that only the credential check stands in the way
+    base = tempfile.mkdtemp(prefix="ccid-serve-cred-")
+    os.chmod(base, 0o755)
+    path = os.path.join(base, "pcscd.comm")
+    s = start_server(path, socket_mode=0o666)
+    try:
+        with caplog.at_level(logging.INFO, logger="ccid.serve"):
+            assert in_child(lambda: _as_nobody_version(path, NOBODY)) == 3
+            inproc_until_logged(caplog, f"uid {NOBODY}")
+        with RawClient(path, 4) as good:  # the server goes on
+            assert len(good.states()) == 2
+        s.server.allow_gids = (NOBODY,)  # --allow-group: now that group is served
+        assert in_child(lambda: _as_nobody_version(path, NOBODY)) == 0
+    finally:
+        s.server.close()
+        os.rmdir(base)
+
+
+def inproc_until_logged(caplog: pytest.LogCaptureFixture, text: str) -> None:
+    deadline = time.monotonic() + WAIT
+    while not any("rejected" in r.getMessage() and text in r.getMessage()
+                  for r in caplog.records):
+        assert time.monotonic() < deadline, [r.getMessage() for r in caplog.records]
+        time.sleep(0.02)
+
+
+# --- clients that go away, clients that misbehave --------------------------------------------
+
+
+def _raw_transmit_request(h: int, proto: int, apdu: bytes, room: int = 264) -> bytes:
+    return (wire.HEADER.pack(wire.TRANSMIT.size, wire.Command.TRANSMIT)
+            + wire.TRANSMIT.pack(h, proto, 8, len(apdu), proto, 8, room, 0) + apdu)
+
+
+def _begin(c: RawClient, h: int) -> int:
+    c.send(wire.Command.BEGIN_TRANSACTION, wire.BEGIN.pack(h, 0))
+    return int(wire.BEGIN.unpack(c.recv(wire.BEGIN.size))[1])
+
+
+def _end(c: RawClient, h: int) -> int:
+    c.send(wire.Command.END_TRANSACTION, wire.END.pack(h, wire.LEAVE_CARD, 0))
+    return int(wire.END.unpack(c.recv(wire.END.size))[2])
+
+
+def test_client_gone_mid_command_and_mid_transaction_releases_everything(
+        inproc: InProc) -> None:
+    name = inproc.names()[0]
+    # mid-command: the card is slow, the client hangs up while its transmit runs
+    inproc.vreaders[0].slots[0].card.faults.slow(0.5)
+    with RawClient(inproc.path, 4) as a:
+        h, proto, rv = a.connect(a.establish(), name, share=wire.SHARE_EXCLUSIVE)
+        assert rv == 0 and _begin(a, h) == 0
+        a.sock.sendall(_raw_transmit_request(h, proto, bytes(APDU)))
+        inproc.until("the transmit runs", lambda: inproc.vreaders[0].slots[0].card.powered)
+    inproc.until("the client's handle dropped", lambda: not inproc.server.handles)
+    inproc.vreaders[0].slots[0].card.faults.slow(0)
+    entry = inproc.server.entries[0]
+    assert entry is not None and entry.lock_owner is None and not entry.handles
+    # mid-transaction: the next client gets the card, exclusively
+    with RawClient(inproc.path, 4) as b:
+        h, proto, rv = b.connect(b.establish(), name, share=wire.SHARE_EXCLUSIVE)
+        assert rv == 0, hex(rv)
+        assert _begin(b, h) == 0
+        rv, _, data = b.transmit(h, proto, bytes(APDU), 264)
+        assert rv == 0 and data[-2:] == b"\x90\x00"
+    inproc.until("b's handle dropped", lambda: not inproc.server.handles)
+    assert entry.lock_owner is None
+
+
+def _closed_by_server(sock: socket.socket) -> bool:
+    sock.settimeout(WAIT)
+    try:
+        while True:
+            if not sock.recv(65536):
+                return True
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+_VERSION_44 = wire.HEADER.pack(wire.VERSION.size, wire.Command.VERSION) + wire.VERSION.pack(
+    4, 4, 0)
+
+#: (what, bytes sent, then half-close?) each must close that client only
+BAD: list[tuple[str, bytes, bool]] = [
+    ("unknown command", wire.HEADER.pack(0, 0x7777), False),
+    ("body size not the command's", wire.HEADER.pack(3, wire.Command.ESTABLISH_CONTEXT)
+     + b"abc", False),
+    ("oversized header size", wire.HEADER.pack(0xFFFFFFFF, wire.Command.TRANSMIT), False),
+    ("oversized send buffer", wire.HEADER.pack(wire.TRANSMIT.size, wire.Command.TRANSMIT)
+     + wire.TRANSMIT.pack(1, 1, 8, 0x7FFFFFFF, 1, 8, 264, 0), False),
+    ("a 4:6 command after negotiating 4:4", _VERSION_44
+     + wire.HEADER.pack(0, wire.Command.GET_READERS_STATE_SIZE), False),
+    ("a 4:5 command before any version", wire.HEADER.pack(0, wire.Command.GET_READER_EVENTS),
+     False),
+    ("LIST_READERS (client-side only)", _VERSION_44 + wire.HEADER.pack(
+        0, wire.Command.LIST_READERS), False),
+    ("truncated message, then end of stream", wire.HEADER.pack(
+        wire.CONNECT.size, wire.Command.CONNECT) + b"\0" * 40, True),
+    ("a megabyte of garbage", b"\xff" * (1 << 20), False),
+]
+
+
+def test_bad_messages_close_that_client_only_while_another_holds_a_transaction(
+        inproc: InProc) -> None:
+    name = inproc.names()[0]
+    with RawClient(inproc.path, 6) as good, RawClient(inproc.path, 4) as third:
+        h, proto, rv = good.connect(good.establish(), name)
+        assert rv == 0 and _begin(good, h) == 0
+        h3, _, rv = third.connect(third.establish(), name)
+        assert rv == 0
+        for what, data, half_close in BAD:
+            bad = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            bad.connect(inproc.path)
+            with contextlib.suppress(OSError):  # the server may hang up mid-send
+                bad.sendall(data)
+                if half_close:
+                    bad.shutdown(socket.SHUT_WR)
+            assert _closed_by_server(bad), what
+            bad.close()
+            # the transaction still holds: the other client is kept out, the owner goes on
+            assert _begin(third, h3) == wire.RV["SCARD_E_SHARING_VIOLATION"], what
+            rv, _, resp = good.transmit(h, proto, bytes(APDU), 264)
+            assert rv == 0 and resp[-2:] == b"\x90\x00", what
+        assert _end(good, h) == 0
+        assert _begin(third, h3) == 0
+        assert _end(third, h3) == 0
+    inproc.until("every handle dropped", lambda: not inproc.server.handles)
+    assert inproc.server.clients == set() or all(c.closed for c in inproc.server.clients)
+
+
+# --- SCardCancel ---------------------------------------------------------------------------
+
+
+def test_cancel_ends_a_transmit_blocked_on_a_slow_card(inproc: InProc) -> None:
+    """libpcsclite sends SCARD_CANCEL only while a GetStatusChange runs (winscard_clnt.c's
+    ``cancellable``); a client library that sends it during a card call (on a second
+    connection, as SCardCancel does) ends that call with SCARD_E_CANCELLED."""
+    name = inproc.names()[1]
+    card = inproc.vreaders[1].slots[0].card
+    with RawClient(inproc.path, 4) as a, RawClient(inproc.path, 4) as b:
+        ctx = a.establish()
+        h, proto, rv = a.connect(ctx, name)
+        assert rv == 0
+        ctx = ctx - (1 << 32) if ctx >= 1 << 31 else ctx  # CANCEL's hContext is signed
+        card.faults.slow(WAIT)  # answered only after the hang guard: cancel must end it
+        a.sock.sendall(_raw_transmit_request(h, proto, bytes(APDU)))
+        a.sock.settimeout(0.2)
+        answer = b""
+        while not answer:  # until the transmit has begun and been cancelled
+            b.send(wire.Command.CANCEL, wire.CANCEL.pack(ctx, 0))
+            assert wire.CANCEL.unpack(b.recv(wire.CANCEL.size)) == (ctx, 0)
+            with contextlib.suppress(TimeoutError):
+                answer = a.recv(wire.TRANSMIT.size)
+        a.sock.settimeout(WAIT)
+        assert wire.TRANSMIT.unpack(answer)[7] == wire.RV["SCARD_E_CANCELLED"]
+        card.faults.slow(0)
+        rv, _, data = a.transmit(h, proto, bytes(APDU), 264)  # the card stays usable
+        assert rv == 0 and data[-2:] == b"\x90\x00"
+        # a CANCEL for a context that is idle changes nothing
+        b.send(wire.Command.CANCEL, wire.CANCEL.pack(ctx, 0))
+        assert wire.CANCEL.unpack(b.recv(wire.CANCEL.size)) == (ctx, 0)
+        rv, _, data = a.transmit(h, proto, bytes(APDU), 264)
+        assert rv == 0 and data[-2:] == b"\x90\x00"
