@@ -7,7 +7,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -24,7 +26,7 @@ from test_serve import _PRELUDE, WAIT, Lines, RawClient, need_pyscard
 
 from ccid.errors import SharingViolationError
 from ccid.serve import wire
-from ccid.serve.server import Server
+from ccid.serve.server import SYSTEM_SOCKET, Server
 from ccid.testing import VirtualBackend, VirtualCard, VirtualDevice
 from ccid.testing.presets import preset_reader
 
@@ -443,3 +445,65 @@ def test_cancel_ends_a_transmit_blocked_on_a_slow_card(inproc: InProc) -> None:
         assert wire.CANCEL.unpack(b.recv(wire.CANCEL.size)) == (ctx, 0)
         rv, _, data = a.transmit(h, proto, bytes(APDU), 264)
         assert rv == 0 and data[-2:] == b"\x90\x00"
+
+
+# --- --system --------------------------------------------------------------------------------
+
+
+def _serve_system(path: str, *args: str) -> subprocess.Popen[str]:
+    code = "import sys; from ccid.cli import main; sys.exit(main())"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    if path != SYSTEM_SOCKET:
+        env["CCID_SERVE_SYSTEM_SOCKET"] = path
+    return subprocess.Popen([sys.executable, "-c", code, "serve", "--system", *args],
+                            env=env, text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+
+
+def _system_paths(tmp_path: Path) -> list[str]:
+    """A temporary path; and pcscd's own when we may use it and nothing is there."""
+    paths = [str(tmp_path / "pcscd" / "pcscd.comm")]
+    if os.geteuid() == 0 and not os.path.lexists(SYSTEM_SOCKET) and \
+            not os.path.exists(os.path.dirname(SYSTEM_SOCKET)) and \
+            os.access(os.path.dirname(os.path.dirname(SYSTEM_SOCKET)), os.W_OK):
+        paths.append(SYSTEM_SOCKET)
+    return paths
+
+
+def test_system_refuses_when_a_server_listens_and_replaces_a_stale_socket(
+        tmp_path: Path) -> None:
+    for path in _system_paths(tmp_path):
+        made = not os.path.exists(os.path.dirname(path))
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        try:
+            # something (a pcscd) listens there: refused, said so, its socket left alone
+            pcscd = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            pcscd.bind(path)
+            pcscd.listen(1)
+            proc = _serve_system(path, "--virtual", "gemalto-pc-twin")
+            out, err = proc.communicate(timeout=WAIT)
+            assert proc.returncode == 1, (out, err)
+            assert f"already listens on {path}" in err and "Traceback" not in err, err
+            assert os.path.exists(path)
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            probe.connect(path)  # still the other server's
+            probe.close()
+            pcscd.close()
+            # the socket of a server that died: replaced; --system's socket is for everyone
+            assert os.path.exists(path)
+            proc = _serve_system(path, "--virtual", "gemalto-pc-twin")
+            assert proc.stdout is not None
+            assert "listening on " + path in proc.stdout.readline()
+            assert stat.S_IMODE(os.stat(path).st_mode) == 0o666
+            with RawClient(path, 4) as c:
+                assert len(c.states()) == 1
+            proc.send_signal(signal.SIGTERM)
+            proc.communicate(timeout=WAIT)
+            assert proc.returncode == 0
+            assert not os.path.exists(path)
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            if made:
+                with contextlib.suppress(OSError):
+                    os.rmdir(os.path.dirname(path))
