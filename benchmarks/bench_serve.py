@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine  # noqa: E402
+from _common import machine
 
 ROOT = Path(__file__).resolve().parent.parent
 APDU = bytes.fromhex("0084000008")  # GET CHALLENGE, 8 bytes + 90 00 back

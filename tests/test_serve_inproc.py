@@ -507,3 +507,32 @@ def test_system_refuses_when_a_server_listens_and_replaces_a_stale_socket(
             if made:
                 with contextlib.suppress(OSError):
                     os.rmdir(os.path.dirname(path))
+
+
+# --- insertion as pcscd publishes it --------------------------------------------------------
+
+
+def test_an_inserted_card_is_published_with_its_atr(inproc: InProc) -> None:
+    """A card is never present without its ATR (libpcsclite's GetStatusChange sleeps
+    400 ms when it sees that, waiting for the server to power the card)."""
+    vreader = inproc.vreaders[0]
+    card = vreader.remove(0)
+    inproc.until("the removal is published", lambda: not inproc.server.entries[0].present)
+    card.faults.slow(0.5)  # powering up takes a while
+    with RawClient(inproc.path, 6) as c:
+        before = c.states()[0]
+        seen = []
+        c.register()
+        vreader.insert(card, 0)
+        while True:
+            assert wire.WAIT_STATE.unpack(c.recv(8)) == (0, 0)
+            state = c.states()[0]
+            seen.append((state["state"], state["atr"]))
+            if state["state"] & wire.SCARD_PRESENT:
+                break
+            c.register()
+    card.faults.slow(0)
+    for flags, atr in seen:
+        assert not flags & wire.SCARD_PRESENT or atr, seen
+    assert state["atr"][:2] == b"\x3b\x89"
+    assert state["counter"] != before["counter"]

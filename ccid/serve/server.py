@@ -105,6 +105,7 @@ class Entry:
     atr: bytes = b""
     gone: bool = False
     probed: bool = False
+    generation: int = 0  # insertions and removals seen (a probe's result may be stale)
     handles: set[Handle] = field(default_factory=set)
     lock_owner: Handle | None = None
 
@@ -393,57 +394,61 @@ class Server:
         if entry is None:
             return
         with self.lock:
-            entry.present = True
-            entry.mute = False
-            entry.atr = b""
-            entry.event_counter = (entry.event_counter + 1) & 0xFFFF
+            entry.generation += 1
+            generation = entry.generation
         log.info("card inserted into %s", entry.name)
         if not self._ready.is_set():
-            self._probe(entry)  # the first clients see the ATRs of the cards already in
+            self._probe(entry, generation)  # the first clients see the cards already in
             return
-        self._signal()
-        # Power the card to publish its ATR, as pcscd does; in its own thread so that a
-        # slow card does not delay other readers' events.
-        threading.Thread(target=self._probe, args=(entry,), daemon=True,
+        # Power the card and publish it with its ATR in one change, as pcscd does: a
+        # libpcsclite client seeing a card present without an ATR sleeps 400 ms for it
+        # (winscard_clnt.c). In a thread, so that a slow card delays no other reader.
+        threading.Thread(target=self._probe, args=(entry, generation), daemon=True,
                          name="ccid-serve-probe").start()
 
-    def _probe(self, entry: Entry) -> None:
+    def _probe(self, entry: Entry, generation: int) -> None:
         try:
-            self._power_and_read(entry)
+            atr, mute = self._power_and_read(entry)
+            with self.lock:
+                if entry.generation != generation:
+                    return  # removed (or swapped) meanwhile: its own event says so
+                entry.present, entry.mute, entry.atr = True, mute, atr
+                entry.event_counter = (entry.event_counter + 1) & 0xFFFF
+            if atr:
+                log.info("%s: ATR %s", entry.name, atr.hex(" ").upper())
         finally:
             entry.probed = True
         self._signal()
 
-    def _power_and_read(self, entry: Entry) -> None:
+    def _power_and_read(self, entry: Entry) -> tuple[bytes, bool]:
+        """(ATR, mute) of the card just inserted into ``entry``."""
         try:
             card = entry.reader.connect(entry.slot, mode="shared", timeout=10.0)
         except NoCardError:
-            return
+            return b"", False
         except SharingViolationError:
             info = entry.reader.slots[entry.slot]
-            with self.lock:
-                entry.atr = info.atr or b""
+            return bytes(info.atr or b""), False
         except CCIDError as exc:
             log.info("%s: card does not answer (%s)", entry.name, exc.message)
-            with self.lock:
-                entry.mute = True
-        else:
-            atr = card.atr
-            with contextlib.suppress(CCIDError):
-                card.disconnect("leave")
-            with self.lock:
-                entry.atr = b"" if atr is None else bytes(atr)
-            log.info("%s: ATR %s", entry.name, entry.atr.hex(" ").upper())
+            return b"", True
+        atr = card.atr
+        with contextlib.suppress(CCIDError):
+            card.disconnect("leave")
+        return (b"" if atr is None else bytes(atr)), False
 
     def _card_removed(self, reader_name: str, slot: int) -> None:
         entry = self._entry(reader_name, slot)
         if entry is None:
             return
         with self.lock:
+            entry.generation += 1
+            was = entry.present
             entry.present = False
             entry.mute = False
             entry.atr = b""
-            entry.event_counter = (entry.event_counter + 1) & 0xFFFF
+            if was:
+                entry.event_counter = (entry.event_counter + 1) & 0xFFFF
         log.info("card removed from %s", entry.name)
         self._signal()
 
