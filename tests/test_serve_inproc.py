@@ -536,3 +536,30 @@ def test_an_inserted_card_is_published_with_its_atr(inproc: InProc) -> None:
         assert not flags & wire.SCARD_PRESENT or atr, seen
     assert state["atr"][:2] == b"\x3b\x89"
     assert state["counter"] != before["counter"]
+
+
+def test_a_waiter_that_stops_reading_blocks_no_one(inproc: InProc) -> None:
+    """A client registered for GetStatusChange that sends requests and never reads the
+    answers (its socket buffer full) is closed at the next event; the others go on."""
+    stuck = RawClient(inproc.path, 6)
+    stuck.__enter__()
+    stuck.send(wire.Command.WAIT_READER_STATE_CHANGE)
+    ask = wire.HEADER.pack(0, wire.Command.GET_READERS_STATE_ARRAY)
+    with contextlib.suppress(OSError):
+        stuck.sock.setblocking(False)
+        for _ in range(2000):  # answers of ~3 KB each: megabytes nobody reads
+            stuck.sock.send(ask)
+    entry = inproc.server.entries[0]
+    assert entry is not None
+    inproc.until("the stuck client's thread is blocked sending", lambda: any(
+        c.send_lock.locked() for c in inproc.server.clients))
+    inproc.vreaders[0].remove(0)  # an event: the waiters are notified
+    with RawClient(inproc.path, 4) as other:  # (a hang here fails on its socket timeout)
+        inproc.until("the removal is published", lambda: not entry.present)
+        h, proto, rv = other.connect(other.establish(), inproc.names()[1])
+        assert rv == 0
+        rv, _, data = other.transmit(h, proto, bytes(APDU), 264)
+        assert rv == 0 and data[-2:] == b"\x90\x00"
+    stuck.sock.setblocking(True)
+    assert _closed_by_server(stuck.sock)
+    stuck.sock.close()

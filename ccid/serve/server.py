@@ -44,6 +44,8 @@ SYSTEM_SOCKET = "/run/pcscd/pcscd.comm"
 MAX_CONTEXTS = 16
 MAX_HANDLES = 64
 MAX_CLIENTS = 256
+#: How long a notification waits for a client's own answer to go out (seconds).
+SEND_WAIT = 0.5
 _SO_PEERCRED = getattr(socket, "SO_PEERCRED", 17)
 _UCRED = struct.Struct("=iII")  # pid, uid, gid
 
@@ -173,12 +175,46 @@ class Connection:
         return f"client {self.id} (pid {self.pid})"
 
     def send(self, data: bytes) -> None:
+        """An answer, from the client's own thread (waits while the client reads)."""
         with self.send_lock:
             if not self.closed:
                 try:
                     self.sock.sendall(data)
                 except OSError:
                     self.closed = True
+
+    def send_now(self, data: bytes) -> None:
+        """A message sent under the server's lock (notifications, the 4:4 registration's
+        array): never waits. libpcsclite reads each answer before its next request, so a
+        client whose socket cannot take it at once has stopped reading: it is closed
+        rather than let it stall every other client."""
+        # The client's own thread holds the lock for the microseconds an answer takes to
+        # a client that reads; much longer, it is blocked on one that does not.
+        if not self.send_lock.acquire(timeout=SEND_WAIT):
+            self.abort()
+            return
+        try:
+            if self.closed:
+                return
+            try:
+                sent = self.sock.send(data, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                self.closed = True
+                return
+            if sent < len(data):
+                self.abort()  # (a partial message would corrupt the stream anyway)
+        finally:
+            self.send_lock.release()
+
+    def abort(self) -> None:
+        """Close a client that stopped reading; its thread ends and releases its state."""
+        if not self.closed:
+            log.warning("%s stopped reading its answers; closing it", self)
+        self.closed = True
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
 
 
 # --- the server ----------------------------------------------------------------------------
@@ -467,7 +503,7 @@ class Server:
         with self.lock:
             waiting, self.waiters = self.waiters, set()
             for conn in waiting:
-                conn.send(wire.WAIT_STATE.pack(0, rv))
+                conn.send_now(wire.WAIT_STATE.pack(0, rv))
         for hook in self.on_change:
             hook()
 
@@ -648,7 +684,7 @@ class Server:
             if conn.parser.minor is None or conn.parser.minor < 6:
                 # up to 4:5 the registration answers with the whole array at once; under
                 # the lock, so that no notification can overtake it
-                conn.send(self.state_array(old_api=True))
+                conn.send_now(self.state_array(old_api=True))
         return None
 
     def _do_STOP_WAITING_READER_STATE_CHANGE(self, conn: Connection, req: Request
@@ -656,7 +692,7 @@ class Server:
         with self.lock:
             if conn in self.waiters:
                 self.waiters.discard(conn)
-                conn.send(wire.WAIT_STATE.pack(0, wire.SUCCESS))
+                conn.send_now(wire.WAIT_STATE.pack(0, wire.SUCCESS))
         # not waiting any more: the notification already sent was the answer
         return None
 
@@ -670,7 +706,7 @@ class Server:
                 return wire.CANCEL.pack(req.fields[0], _rv("SCARD_E_INVALID_HANDLE"))
             if target in self.waiters:
                 self.waiters.discard(target)
-                target.send(wire.WAIT_STATE.pack(0, _rv("SCARD_E_CANCELLED")))
+                target.send_now(wire.WAIT_STATE.pack(0, _rv("SCARD_E_CANCELLED")))
             busy = [h for h in target.handles.values() if h.context == ctx]
         # A CANCEL comes on a connection of its own, so the target's may be blocked in a
         # card call: end it (SCARD_E_CANCELLED; the card stays usable). libpcsclite sends
