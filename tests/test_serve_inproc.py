@@ -208,8 +208,19 @@ def test_reader_unplug_and_replug(inproc: InProc) -> None:
         assert len(readers) == 2, readers
         hr, card, proto = SCardConnect(ctx, readers[0], SCARD_SHARE_SHARED, 3)
         assert hr == 0
+        import threading
+        pnp = chr(92) * 2 + "?PnP?" + chr(92) + "Notification"
+        hr, ctx2 = SCardEstablishContext(SCARD_SCOPE_USER)
+        hr, st = SCardGetStatusChange(ctx2, 0, [(pnp, SCARD_STATE_UNAWARE)])
+        woke = []
+        t = threading.Thread(target=lambda: woke.append(
+            SCardGetStatusChange(ctx2, INFINITE, [(pnp, st[0][1])])))
+        t.start()
         print("connected", flush=True)
         sys.stdin.readline()
+        t.join(20)
+        assert woke and woke[0][0] == 0, woke  # the PnP reader saw the reader go
+        assert woke[0][1][0][1] & SCARD_STATE_CHANGED, woke
         hr, resp = SCardTransmit(card, proto, APDU)
         assert U(hr) == U(SCARD_E_READER_UNAVAILABLE), hex(U(hr))
         hr, _n, _s, _p, _a = SCardStatus(card)
