@@ -549,7 +549,8 @@ def test_an_inserted_card_is_published_with_its_atr(inproc: InProc) -> None:
     assert state["counter"] != before["counter"]
 
 
-def test_a_waiter_that_stops_reading_blocks_no_one(inproc: InProc) -> None:
+def test_a_waiter_that_stops_reading_blocks_no_one(inproc: InProc,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
     """A client registered for GetStatusChange that sends requests and never reads the
     answers (its socket buffer full) is closed at the next event; the others go on."""
     stuck = RawClient(inproc.path, 6)
@@ -574,3 +575,5 @@ def test_a_waiter_that_stops_reading_blocks_no_one(inproc: InProc) -> None:
     stuck.sock.setblocking(True)
     assert _closed_by_server(stuck.sock)
     stuck.sock.close()
+    inproc.until("logged", lambda: any("stopped reading its answers" in r.getMessage()
+                                       for r in caplog.records))

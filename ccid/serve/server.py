@@ -170,6 +170,7 @@ class Connection:
         self.contexts: set[int] = set()
         self.handles: dict[int, Handle] = {}
         self.closed = False
+        self.aborted = False  # closed by the server: it stopped reading
 
     def __repr__(self) -> str:
         return f"client {self.id} (pid {self.pid})"
@@ -210,8 +211,7 @@ class Connection:
 
     def abort(self) -> None:
         """Close a client that stopped reading; its thread ends and releases its state."""
-        if not self.closed:
-            log.warning("%s stopped reading its answers; closing it", self)
+        self.aborted = True
         self.closed = True
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
@@ -569,6 +569,8 @@ class Server:
                 except OSError:
                     data = b""
                 if not data:
+                    if conn.aborted:
+                        raise ProtocolViolation("stopped reading its answers")
                     break
                 conn.parser.feed(data)
                 while True:
@@ -577,7 +579,10 @@ class Server:
                         break
                     self._dispatch(conn, request)
                     if conn.closed:
-                        raise ProtocolViolation("the client stopped reading")
+                        if conn.aborted:
+                            raise ProtocolViolation("stopped reading its answers")
+                        why = "hung up before its answer"
+                        return
         except ProtocolViolation as exc:
             why = f"broke the protocol: {exc}"
             log.warning("%s %s; closing it", conn, exc)
