@@ -17,11 +17,13 @@ enumerates every ``interval`` seconds; see its docstring for how it treats open 
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
@@ -40,6 +42,7 @@ __all__ = [
     "CardInserted",
     "CardRemoved",
     "Event",
+    "EventQueue",
     "HardwareError",
     "HardwareErrorEvent",
     "ReaderAdded",
@@ -50,8 +53,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: How long one interrupt read or one wait lasts, so that stop() returns promptly.
-TICK_SECONDS = 0.25
+#: How long one interrupt read or one wait lasts, so that stop() (and so a reader's
+#: close()) returns promptly. Interrupt messages are one packet each: a read that times out
+#: loses none.
+TICK_SECONDS = 0.05
 #: Failures in a row the monitor retries at once (a stall is cleared by the first retry).
 QUICK_RETRIES = 3
 #: After QUICK_RETRIES failures in a row the monitor waits between tries: this long first,
@@ -62,10 +67,13 @@ BACKOFF_MAX = 5.0
 
 @dataclass(frozen=True, slots=True)
 class CardInserted:
-    """A card arrived in ``slot`` of ``reader``."""
+    """A card arrived in ``slot`` of ``reader`` (or was there when the reader opened: that
+    one is reported first). ``atr``: the card's ATR when the reader has read it (the card
+    was powered by this process), else None; read it with ``reader.connect()``."""
 
     reader: str
     slot: int
+    atr: bytes | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +118,68 @@ Event: TypeAlias = (
 )
 
 
+#: Most events a reader keeps for ``wait_for_event``; see :class:`EventQueue`.
+EVENT_QUEUE_MAX = 256
+
+
+class EventQueue:
+    """A reader's pending events, bounded, for a user who may never read them.
+
+    What is dropped, so that memory stays bounded whatever the reader sends:
+
+    * a HardwareErrorEvent equal (slot and code) to one still waiting is coalesced into it
+      (``coalesced`` counts them);
+    * a slot event (inserted / removed) identical to the last one still waiting for that
+      slot is coalesced;
+    * when ``limit`` events wait, the oldest one goes (``dropped`` counts them; logged
+      once): a slow reader of events sees the latest state, not the whole history.
+      ReaderRemoved is always queued.
+    """
+
+    def __init__(self, limit: int = EVENT_QUEUE_MAX) -> None:
+        self.limit = max(1, limit)
+        self._items: collections.deque[Any] = collections.deque()
+        self._cond = threading.Condition(threading.Lock())
+        self.dropped = 0
+        self.coalesced = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, event: Any) -> None:
+        with self._cond:
+            items = self._items
+            if isinstance(event, HardwareErrorEvent):
+                if any(isinstance(e, HardwareErrorEvent) and e.slot == event.slot and
+                       e.code == event.code for e in items):
+                    self.coalesced += 1
+                    return
+            elif isinstance(event, CardInserted | CardRemoved):
+                last = next((e for e in reversed(items) if
+                             isinstance(e, CardInserted | CardRemoved) and
+                             e.slot == event.slot), None)
+                if last is not None and type(last) is type(event):
+                    self.coalesced += 1
+                    return
+            while len(items) >= self.limit:
+                items.popleft()
+                self.dropped += 1
+                if self.dropped == 1:
+                    log.warning("%s: more than %d events waiting; the oldest are dropped",
+                                getattr(event, "reader", "?"), self.limit)
+            items.append(event)
+            self._cond.notify()
+
+    def get(self, timeout: float | None = None) -> Any:
+        """The oldest event, or None when none comes within ``timeout`` seconds."""
+        with self._cond:
+            if not self._items:
+                self._cond.wait_for(lambda: bool(self._items), timeout)
+            if not self._items:
+                return None
+            return self._items.popleft()
+
+
 class SlotMonitor:
     """One daemon thread feeding a reader's slot changes back to it (see module docstring).
 
@@ -122,7 +192,13 @@ class SlotMonitor:
 
     def __init__(self, reader: Any, *, interrupt: bool | None = None,
                  poll_interval: float | None = None) -> None:
-        self.reader = reader
+        # A weak reference: the thread must not keep a reader its user dropped alive (the
+        # reader's finalizer closes it, and stops this thread).
+        try:
+            self._ref: Callable[[], Any] = weakref.ref(reader)
+        except TypeError:
+            self._ref = lambda: reader
+        self._name = str(getattr(reader, "name", "?"))
         self._interrupt = interrupt
         self._poll_interval = poll_interval
         self._stop = threading.Event()
@@ -135,6 +211,11 @@ class SlotMonitor:
         self.last_error: CCIDError | None = None
         #: Transient errors seen since start().
         self.failures = 0
+
+    @property
+    def reader(self) -> Any:
+        """The watched reader (None once it was garbage-collected)."""
+        return self._ref()
 
     # -- control ------------------------------------------------------------------------
 
@@ -158,7 +239,7 @@ class SlotMonitor:
             self._stop.clear()
             self.error = None
             self.failures = 0
-            name = f"ccid-monitor {getattr(self.reader, 'name', '?')}"
+            name = f"ccid-monitor {self._name}"
             self._thread = threading.Thread(target=self._run, name=name, daemon=True)
             self._thread.start()
 
@@ -193,7 +274,7 @@ class SlotMonitor:
                 self._removed()
         except Exception as exc:  # never let a daemon thread die silently
             self.error = exc
-            log.exception("slot monitor of %s crashed", getattr(self.reader, "name", "?"))
+            log.exception("slot monitor of %s crashed", self._name)
 
     def _loop(self) -> None:
         interrupt = self.uses_interrupt
@@ -201,6 +282,8 @@ class SlotMonitor:
         last: dict[int, int] = {}
         failures = 0
         while not self._stop.is_set():
+            if self.reader is None:
+                return  # the reader was dropped by its user (and closed by its finalizer)
             try:
                 if interrupt:
                     if not self._read_interrupt(slots):
@@ -222,7 +305,7 @@ class SlotMonitor:
             else:
                 if failures:
                     log.info("slot monitor of %s recovered after %d failure(s)",
-                             getattr(self.reader, "name", "?"), failures)
+                             self._name, failures)
                 failures = 0
             if not interrupt:
                 self._stop.wait(self._interval())
@@ -230,7 +313,7 @@ class SlotMonitor:
     def _failed(self, exc: CCIDError, failures: int) -> None:
         self.failures += 1
         self.last_error = exc
-        name = getattr(self.reader, "name", "?")
+        name = self._name
         if failures == 1:
             log.warning("slot monitor of %s: %s; trying again", name, exc)
         elif failures == QUICK_RETRIES + 1:
@@ -247,7 +330,9 @@ class SlotMonitor:
 
     def _removed(self) -> None:
         self._stop.set()
-        self.reader._notify_removed()
+        reader = self.reader
+        if reader is not None:
+            reader._notify_removed()
 
     def _slot_count(self) -> int:
         slots = getattr(self.reader, "slots", 1)
@@ -257,7 +342,9 @@ class SlotMonitor:
         """One interrupt read (up to one tick) and its notices; False once closed."""
         from ccid.engine import HardwareErrorNotice, SlotChange, parse_interrupt
 
-        transport = self.reader._transport
+        reader = self.reader
+        transport = None if reader is None else reader._transport
+        del reader  # not held across the read: the user may drop the reader meanwhile
         if transport is None:  # closed
             return False
         # blocks in libusb for up to one tick: no CPU used while no card moves
@@ -266,6 +353,9 @@ class SlotMonitor:
             return False
         if not data:
             return True
+        reader = self.reader
+        if reader is None:
+            return False
         try:
             notices = parse_interrupt(bytes(data), slots)
         except ProtocolError as exc:
@@ -275,9 +365,9 @@ class SlotMonitor:
         for notice in notices:
             if isinstance(notice, SlotChange):
                 if notice.changed:
-                    self.reader._notify_slot(notice.slot, notice.present, True)
+                    reader._notify_slot(notice.slot, notice.present, True)
             elif isinstance(notice, HardwareErrorNotice):
-                self.reader._notify_hardware_error(notice.slot, notice.seq, notice.code)
+                reader._notify_hardware_error(notice.slot, notice.seq, notice.code)
         return True
 
     def _poll_round(self, slots: int, last: dict[int, int]) -> None:
@@ -304,13 +394,19 @@ class SlotMonitor:
             swapped = before == ICCStatus.ACTIVE and status == ICCStatus.INACTIVE
             changed = swapped or (before is not None and
                                   (before == ICCStatus.ABSENT) != (not present))
-            self.reader._notify_slot(slot, present, changed)
+            reader = self.reader
+            if reader is None:
+                return
+            reader._notify_slot(slot, present, changed)
         if failed is not None:
             raise failed
 
     def _poll(self, slot: int) -> int | None:
+        reader = self.reader
+        if reader is None:
+            return None
         try:
-            result = self.reader._poll_slot(slot)
+            result = reader._poll_slot(slot)
         except (SharingViolationError, SlotBusyError):
             return None  # the slot is busy with a long command: look again next time
         # A ReaderTimeoutError (another slot's long command holding a one-slot-at-a-time
@@ -434,12 +530,7 @@ def watch(backend: Any = None, interval: float = 0.5, timeout: float | None = No
             return
         if readers is not None:
             readers[reader.name] = reader
-        initial: Callable[[], Any] | None = getattr(reader, "slot_states", None)
-        if callable(initial):
-            with contextlib.suppress(CCIDError):
-                for slot, present in enumerate(initial()):
-                    if present:
-                        events.put((key, CardInserted(reader.name, slot)))
+        # Cards already present come first from the reader's own events.
         forwarders[key] = _Forwarder(key, reader, events)
 
     try:

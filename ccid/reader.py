@@ -22,7 +22,6 @@ import logging
 import math
 import numbers
 import os
-import queue
 import re
 import threading
 import time
@@ -148,6 +147,16 @@ DEADLINE_MARGIN = 0.05
 #: Longest single blocking read or lock wait while a call waits: a ``Card.cancel()``, a
 #: ``close()`` or the caller's ceiling is noticed within this time.
 CANCEL_SLICE = 0.1
+#: Most T=1 blocks one exchange may take after the fast path leaves it (a 64 KB chain at
+#: IFS 1 needs 65,536): a card that never ends an exchange is stopped here or by the ceiling.
+T1_MAX_ROUNDS = 70_000
+#: Largest CCID message: the header and an extended APDU (CCID 1.1 dwMaxCCIDMessageLength
+#: "261 + 10 .. 65544 + 10"); a larger declaration is capped (and logged).
+MAX_MESSAGE_LENGTH = HEADER_SIZE + 65544
+#: Smallest declaration the session can work with: a header and a 5-byte command.
+MIN_MESSAGE_LENGTH = HEADER_SIZE + 5
+#: Longest command APDU: extended, 4 header + 3 Lc + 65535 data + 2 Le (ISO/IEC 7816-4).
+MAX_APDU_LENGTH = 65544
 #: Short timeout for quirk escapes at open: a reader that never answers them must not hang us.
 QUIRK_ESCAPE_TIMEOUT = 1.0
 #: How long close() waits for calls in flight and the event thread before it leaves the
@@ -225,7 +234,33 @@ def _after_fork_in_child() -> None:
     # The child shares the parent's USB file descriptors: never touch them from here.
     for reader in list(_open_readers):
         reader._mark_inherited()
+        _make_inert(reader)
     _registry.clear()
+
+
+#: pyusb objects inherited from the parent, kept alive for the child's whole life: their
+#: finalizers are detached, and no collection may reach them either.
+_inherited_usb: list[Any] = []
+
+
+def _make_inert(reader: Reader) -> None:
+    """Detach pyusb's own finalizers from the parent's device and backend: run in a fork
+    child (at exit, on collection) they would release the interface and close the handle
+    the child shares with its parent (Linux usbfs: the parent's claim goes with it)."""
+    device = reader.info._interface.device
+    transport = reader._transport
+    objects = [device, getattr(transport, "_dev", None), getattr(device, "backend", None),
+               getattr(getattr(device, "_ctx", None), "backend", None)]
+    for obj in objects:
+        if obj is None or any(obj is kept for kept in _inherited_usb):
+            continue
+        finalizer = getattr(obj, "_finalizer", None)
+        if finalizer is not None:
+            with contextlib.suppress(Exception):
+                finalizer.detach()
+        with contextlib.suppress(Exception):
+            obj._finalize_called = True  # __del__ then does nothing either
+        _inherited_usb.append(obj)
 
 
 #: With the at-fork hook every inherited reader is marked at once; without it (no
@@ -558,7 +593,9 @@ class Reader:
         self._transport: UsbTransport | None = None
         self._monitor: Any = None
         self._registry_key: tuple[int, str] | None = None
-        self._event_queue: queue.Queue[Any] = queue.Queue()
+        from ccid.events import EventQueue
+
+        self._event_queue = EventQueue()
         self._slots = [_Slot(i, n) for i, n in enumerate(info.slot_names)]
         self._engine = Engine(max_message_length=0, reader_name=self.name,
                               slot_count=len(self._slots))
@@ -623,7 +660,7 @@ class Reader:
             if before and not desc.bPINSupport:
                 self._pinpad_quirks.append(str(getattr(quirk, "id", quirk)))
         self.descriptor = desc
-        self._engine.max_message_length = desc.dwMaxCCIDMessageLength or 0
+        self._engine.max_message_length = self._message_limit(desc)
         self._assembler = FrameAssembler(self._engine.max_message_length)
         busy = max(1, min(desc.bMaxCCIDBusySlots or 1, len(self._slots)))
         self._serial = busy == 1
@@ -652,11 +689,27 @@ class Reader:
         self._resync(min(wait, self.timeout))
         self._after_open_quirks()
         self._open_wait = READER_WAIT
+        self._report_present()
         if self._want_events:
             self._start_monitor()
         log.debug("%s: open at %s, %s level, %d slot(s), rates %d, quirks %s", self.name,
                   self.info.usb_path, desc.exchange_level.name, len(self._slots),
                   len(self.data_rates), [q.id for q in self.quirks] or "none")
+
+    def _message_limit(self, desc: CCIDDescriptor) -> int:
+        """dwMaxCCIDMessageLength as the session uses it: capped at what CCID allows (an
+        extended APDU and its header); a reader that cannot carry a command is refused."""
+        declared = desc.dwMaxCCIDMessageLength or 0
+        if 0 < declared < MIN_MESSAGE_LENGTH:
+            raise UnsupportedReaderError(
+                f"the reader declares dwMaxCCIDMessageLength {declared}: too small to carry "
+                f"any command (at least {MIN_MESSAGE_LENGTH} bytes are needed; CCID requires "
+                "271)", reader=self.name)
+        if declared > MAX_MESSAGE_LENGTH:
+            log.warning("%s: dwMaxCCIDMessageLength %d is more than CCID allows; using %d",
+                        self.name, declared, MAX_MESSAGE_LENGTH)
+            return MAX_MESSAGE_LENGTH
+        return declared
 
     def _check_firmware(self) -> None:
         for quirk in self._hooks("check_firmware"):
@@ -759,6 +812,17 @@ class Reader:
                                   ceiling=min(self.timeout, wait * 2), check=False)
             self._apply_status(slot, reply.icc_status)
 
+    def _report_present(self) -> None:
+        """Cards present at open are the first events (as pcsc_scan and pyscard's
+        CardMonitor report them)."""
+        from ccid import events as ev
+
+        for s in self._slots:
+            with s.state_lock:
+                if s.present:
+                    atr = bytes(s.atr) if s.powered and s.atr is not None else None
+                    self._event_queue.put(ev.CardInserted(self.name, s.index, atr))
+
     def _apply_status(self, slot: _Slot, status: ICCStatus) -> None:
         with slot.state_lock:
             present = status != ICCStatus.ABSENT
@@ -824,10 +888,11 @@ class Reader:
                            interface_protocol=self.interface_protocol)
 
     def _warn(self, message: str) -> None:
+        """A fact about the device (a quirk applied, a failed negotiation): logged once and
+        kept in ``warnings``. The ``warnings`` module is for API misuse only."""
         self.warnings.append(message)
         text = message if message.startswith(self.name) else f"{self.name}: {message}"
         log.warning("%s", text)
-        warnings.warn(text, RuntimeWarning, stacklevel=3)
 
     # --- life cycle -------------------------------------------------------------------
 
@@ -842,9 +907,13 @@ class Reader:
         return f"<Reader {self.name!r} {state}>"
 
     def __del__(self) -> None:
-        # Best effort only: a fork child never touches the parent's handle.
+        # A reader its user lost track of is closed here (the event thread holds it only
+        # weakly), with a ResourceWarning as an unclosed file gives. A fork child never
+        # touches the parent's handle.
         try:
             if not self._closed and not self._inherited and self._pid == os.getpid():
+                warnings.warn(f"unclosed reader {self.name!r}; close it or use 'with'",
+                              ResourceWarning, source=self, stacklevel=2)
                 self.close()
         except Exception:
             pass
@@ -1032,7 +1101,7 @@ class Reader:
                 s.presence += 1
                 s.generation += 1
                 s.card_gone()
-                queued.append(ev.CardInserted(self.name, slot))
+                queued.append(ev.CardInserted(self.name, slot, None))
             s.present = present
         for item in queued:
             self._event_queue.put(item)
@@ -1111,16 +1180,21 @@ class Reader:
 
     def wait_for_event(self, timeout: float | None = None) -> Any:
         """The next card event (CardInserted, CardRemoved, ...), or None after ``timeout``."""
-        if self._inherited or self._pid != os.getpid():
+        if self._foreign() or (self._closed and not self._removed):
             self._check_usable()
         if timeout is not None:
             timeout = _as_seconds(timeout, "timeout", self.name, zero=True)
-        try:
-            return self._event_queue.get(timeout=timeout)
-        except queue.Empty:
+        end = None if timeout is None else _monotonic() + timeout
+        while True:
+            # in slices: a close() from another thread ends the wait
+            left = CANCEL_SLICE if end is None else min(CANCEL_SLICE, end - _monotonic())
+            event = self._event_queue.get(max(0.0, left))
+            if event is not None:
+                return event
             if self._closed and not self._removed:
                 self._check_usable()
-            return None
+            if end is not None and _monotonic() >= end:
+                return None
 
     def events(self, timeout: float | None = None) -> Iterator[Any]:
         """Yield events as they come; stops after ``timeout`` seconds without one."""
@@ -1655,6 +1729,10 @@ class Reader:
         wanted = _protocol_number(protocol, self.name, s.index)
         ceiling = self.timeout if timeout is None else _as_seconds(timeout, "timeout",
                                                                    self.name, s.index)
+        if mode != "direct" and self.descriptor.exchange_level is _CHARACTER:
+            # Refused before power-up: negotiating T=1 on such a reader would already need
+            # character-level exchanges, and the reader's refusal would hide the cause.
+            raise self._character_level(s.index)
         # Refuse at once, before waiting for the slot lock: an exclusive connect while
         # another thread runs a transaction is a sharing violation, not a wait (pcsc-lite).
         self._claim(s, mode)
@@ -1715,8 +1793,9 @@ class Reader:
         supported = desc.voltages
         order = [(Voltage.V5_0, PowerSelect.V5_0), (Voltage.V3_0, PowerSelect.V3_0),
                  (Voltage.V1_8, PowerSelect.V1_8)]
-        chosen = [sel for bit, sel in order if supported & bit]
-        return chosen or [PowerSelect.AUTO]
+        # bVoltageSupport 0 names no class: try them all, 5 V first, as libccid does. Not
+        # AUTO: without dwFeatures AUTO_VOLTAGE a reader may refuse bPowerSelect 0.
+        return [sel for bit, sel in order if supported & bit or not supported]
 
     def _power_on(self, s: _Slot, ceiling: float) -> bytes:
         ctx = _QuirkContext(self) if self.quirks else None
@@ -1937,8 +2016,14 @@ class Reader:
         if s.protocol == 1:
             return self._t1_run(s, s.t1.start(apdu), ceiling, apdu)
         if level is _CHARACTER:
-            raise UsageError("character-level readers are not supported", reader=self.name)
+            raise self._character_level(s.index)
         return self._t0_run(s, apdu, ceiling, raw_t0)
+
+    def _character_level(self, slot: int) -> UnsupportedReaderError:
+        return UnsupportedReaderError(
+            "the reader exchanges characters (dwFeatures: character level), which this "
+            "library does not drive; APDUs need a TPDU, short or extended APDU reader",
+            reader=self.name, slot=slot)
 
     def _hold(self, deadline: float) -> bool:
         """Take a one-busy-slot reader for a whole APDU exchange; True when taken.
@@ -2159,7 +2244,7 @@ class Reader:
                 else:
                     t1.resume(0, chain.ns, chain.nr, 0, 0, b"")
                     return response
-            for _ in range(100_000):  # each round moves the exchange or counts a retry
+            for _ in range(T1_MAX_ROUNDS):  # each round moves the exchange or a retry
                 try:
                     frame = xfr(s, block, deadline, bwi=bwi, held=held)
                 except CardMuteError:
@@ -2171,6 +2256,11 @@ class Reader:
                     done: bytes = response
                     return done
                 block = following
+            # Inside the try: the protocol state is reset below like any failed exchange.
+            raise CardError(
+                f"the card's T=1 exchange did not converge in {T1_MAX_ROUNDS} blocks (it "
+                "keeps asking, e.g. S(IFS) or S(WTX) requests, without answering)",
+                reader=self.name, slot=s.index, pcsc_code="SCARD_F_COMM_ERROR")
         except BaseException:
             if t1.state.value != "idle":
                 # Abandoned mid-exchange (timeout, bad reply, card gone): the next APDU
@@ -2181,7 +2271,6 @@ class Reader:
         finally:
             if held:
                 self._busy.release()
-        raise ProtocolError("T=1 exchange did not converge", reader=self.name, slot=s.index)
 
     def _apdu_level(self, s: _Slot, apdu: bytes, ceiling: float,
                     level: ExchangeLevel) -> bytes:
@@ -2496,9 +2585,12 @@ class Card:
         if self.mode == "direct":
             raise UsageError("a direct-mode handle cannot transmit APDUs", reader=reader.name,
                              slot=self.slot)
-        if len(apdu) < 4:
-            raise UsageError(f"APDU of {len(apdu)} bytes is shorter than its 4-byte header",
-                             reader=reader.name, slot=self.slot)
+        if len(apdu) < 4 or len(apdu) > MAX_APDU_LENGTH:
+            raise UsageError(
+                f"APDU of {len(apdu)} bytes is shorter than its 4-byte header" if len(apdu) < 4
+                else f"APDU of {len(apdu)} bytes is longer than any command APDU (at most "
+                f"{MAX_APDU_LENGTH}: 4 header + 3 Lc + 65535 data + 2 Le)",
+                reader=reader.name, slot=self.slot)
         ceiling = reader.timeout if timeout is None else _as_seconds(timeout, "timeout",
                                                                      reader.name, self.slot)
         if _trace.enabled:  # the one trace test of an APDU when tracing is off

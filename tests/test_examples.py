@@ -7,7 +7,10 @@ naming a placeholder). What is adapted, and only this: a command that can take
 ``--virtual`` and has none gets ``--virtual gemalto-pc-twin`` (no hardware here); a scan
 that would wait forever gets ``--timeout 1``; ``/tmp/`` becomes the test's own directory;
 ``session.log`` / ``session.jsonl``, which the README's trace examples read, are recorded
-first with ``ccid --trace``. Set CCID_README to check another copy of the README.
+first with ``ccid --trace``; ``ccid serve`` gets ``--socket`` in the test's directory, runs
+until the example's PC/SC client lines (``CLIENTS``, run unmodified against it with
+``PCSCLITE_CSOCK_NAME`` set, which is what the README's ``export`` line does) are done, and
+must then stop cleanly on SIGTERM. Set CCID_README to check another copy of the README.
 """
 
 from __future__ import annotations
@@ -15,8 +18,10 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -29,7 +34,11 @@ SKIP_PREFIXES = ("sudo ", "python3 -m pip ", "pip ", "python3 -m pytest", "pytho
 #: Inline spans that name a placeholder (a table of commands), not a command to run.
 NOT_COMMANDS = {"ccid send APDU…", "ccid atr HEX", "ccid supported VID:PID", "ccid trace FILE"}
 #: Subcommands with --virtual.
-VIRTUAL = {"list", "scan", "parse", "dump-descriptor", "send", "demo"}
+VIRTUAL = {"list", "scan", "parse", "dump-descriptor", "send", "demo", "serve"}
+#: Unmodified PC/SC clients the README runs against `ccid serve`.
+CLIENTS = ("opensc-tool ", "pcsc_scan")
+#: The README's line pointing those clients at the server; the test sets the variable itself.
+CLIENT_ENV = "export PCSCLITE_CSOCK_NAME="
 
 
 def readme_examples(text: str) -> list[str]:
@@ -62,7 +71,7 @@ def help_examples() -> list[tuple[str, list[str]]]:
 
 
 def adapt(command: str, tmp: Path) -> list[str] | None:
-    if command.startswith(SKIP_PREFIXES):
+    if command.startswith((*SKIP_PREFIXES, *CLIENTS, CLIENT_ENV)):
         return None
     argv = shlex.split(command.replace("/tmp/", f"{tmp}/"), comments=True)
     assert argv[0] == "ccid", command
@@ -77,7 +86,31 @@ def adapt(command: str, tmp: Path) -> list[str] | None:
         args.insert(i + 2, "gemalto-pc-twin")
     if sub == "scan" and "--once" not in args and "--timeout" not in args:
         args += ["--timeout", "1"]
+    if sub == "serve" and "--socket" not in args:
+        args += ["--socket", str(tmp / "pcscd.comm")]
     return args
+
+
+class Server:
+    """A `ccid serve` example, running until its client lines are done."""
+
+    def __init__(self, args: list[str], cwd: Path, env: dict[str, str]) -> None:
+        self.socket = Path(args[args.index("--socket") + 1])
+        self.proc = subprocess.Popen([sys.executable, "-m", "ccid", *args], cwd=cwd, env=env,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 30
+        while not self.socket.exists():
+            assert self.proc.poll() is None, (args, self.proc.communicate())
+            assert time.monotonic() < deadline, f"{args}: no socket after 30 s"
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        out, err = self.proc.communicate(timeout=30)
+        assert self.proc.returncode == 0, (self.proc.returncode, out[-2000:], err[-2000:])
+        assert "Traceback" not in err, err
+        assert not self.socket.exists(), "the socket outlived the server"
 
 
 def run_all(commands: list[str], tmp: Path) -> None:
@@ -89,16 +122,40 @@ def run_all(commands: list[str], tmp: Path) -> None:
                         "gemalto-pc-twin", "0084000008"], cwd=tmp, env=env, check=True,
                        capture_output=True, timeout=60)
     ran = 0
-    for command in commands:
-        args = adapt(command, tmp)
-        if args is None:
-            continue
-        r = subprocess.run([sys.executable, "-m", "ccid", *args], cwd=tmp, env=env,
-                           capture_output=True, text=True, timeout=60,
-                           stdin=subprocess.DEVNULL)
-        assert r.returncode == 0, (command, args, r.stdout[-2000:], r.stderr[-2000:])
-        assert "Traceback" not in r.stderr, (command, r.stderr)
-        ran += 1
+    server: Server | None = None
+    try:
+        for command in commands:
+            if command.startswith(CLIENTS):
+                assert server is not None, f"{command}: no `ccid serve` example before it"
+                client_env = dict(env, PCSCLITE_CSOCK_NAME=str(server.socket))
+                r = subprocess.run(shlex.split(command, comments=True), cwd=tmp,
+                                   env=client_env, capture_output=True, text=True,
+                                   timeout=60, stdin=subprocess.DEVNULL)
+                assert r.returncode == 0, (command, r.stdout[-2000:], r.stderr[-2000:])
+                ran += 1
+                continue
+            args = adapt(command, tmp)
+            if args is None:
+                continue
+            if "serve" in args:
+                if server is not None:
+                    server.stop()
+                server = Server(args, tmp, env)
+                ran += 1
+                continue
+            r = subprocess.run([sys.executable, "-m", "ccid", *args], cwd=tmp, env=env,
+                               capture_output=True, text=True, timeout=60,
+                               stdin=subprocess.DEVNULL)
+            assert r.returncode == 0, (command, args, r.stdout[-2000:], r.stderr[-2000:])
+            assert "Traceback" not in r.stderr, (command, r.stderr)
+            ran += 1
+        if server is not None:
+            server.stop()
+            server = None
+    finally:
+        if server is not None:
+            server.proc.kill()
+            server.proc.communicate()
     assert ran, "no example ran"
 
 
@@ -119,7 +176,7 @@ def test_skipped_lines_are_only_the_listed_kinds() -> None:
     everything = readme_examples(README.read_text(encoding="utf-8"))
     everything += [c for _, lines in help_examples() for c in lines]
     for command in everything:
-        assert command.startswith("ccid ") or command.startswith(SKIP_PREFIXES), command
+        assert command.startswith(("ccid ", *SKIP_PREFIXES, *CLIENTS, CLIENT_ENV)), command
 
 
 def test_uaccess_examples_sort_before_73() -> None:

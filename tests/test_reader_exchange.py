@@ -220,6 +220,8 @@ def test_removal_seen_by_the_monitor_refuses_old_handles() -> None:
     vr = preset_reader("gemalto-pc-twin")
     with opened(vr, events=True) as reader:
         card = reader.connect()
+        # the card present at open is reported first
+        assert type(reader.wait_for_event(5)).__name__ == "CardInserted"
         vr.remove()
         event = reader.wait_for_event(5)
         assert type(event).__name__ == "CardRemoved"

@@ -226,6 +226,8 @@ def test_removal_is_reported_before_sending(world: Any) -> None:
     vr, _, reader = world
     card = reader.connect()
     card.transmit(SELECT)
+    # the card present at open is reported first
+    assert type(reader.wait_for_event(5)).__name__ == "CardInserted"
     vr.remove()
     assert type(reader.wait_for_event(5)).__name__ == "CardRemoved"
     fresh = Recorder()

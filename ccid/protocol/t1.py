@@ -23,7 +23,7 @@ from enum import Enum, IntEnum
 from typing import Final
 
 from ccid import framing
-from ccid.errors import ProtocolError, UsageError
+from ccid.errors import CardError, ProtocolError, UsageError
 from ccid.framing import T1Status
 
 # The framing twins' raw functions: (status, nad, pcb, inf) and EDC-appending build, no
@@ -69,8 +69,12 @@ MAX_RESYNCS: Final = 1
 MAX_IFS_REQUESTS: Final = 3
 
 
-class T1Error(ProtocolError):
-    """The T=1 exchange failed: retries and resynchronisation exhausted, or card ABORT."""
+class T1Error(ProtocolError, CardError):
+    """The T=1 exchange failed: retries and resynchronisation exhausted, or card ABORT.
+
+    Both a protocol error (the blocks on the link went wrong) and a card error (the card
+    side of the link misbehaved), never a usage error: the protocol object is idle again.
+    """
 
 
 class RError(IntEnum):

@@ -136,6 +136,15 @@ def run(args: argparse.Namespace) -> int:
         from ccid import trace
 
         trace.enable(args.serve_trace)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        stop.set()
+
+    # Installed before the socket exists: a SIGTERM sent as soon as the socket appears must
+    # still shut down cleanly (socket removed), not kill the process.
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     try:
         server = Server(path, backend=backend, allow_gids=group_ids(args.allow_group),
                         allow_escape=args.allow_escape, wire_log=args.serve_verbose > 0,
@@ -144,13 +153,6 @@ def run(args: argparse.Namespace) -> int:
     except ServerError as exc:
         print(f"ccid serve: {exc}", file=sys.stderr)
         return 1
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
     print(f"ccid serve: listening on {path}", flush=True)
     print(f"export PCSCLITE_CSOCK_NAME={path}", flush=True)
     if backend is not None and not os.isatty(0):

@@ -27,9 +27,12 @@ unplug notify, so bulk traffic never wakes a blocked interrupt read.
 from __future__ import annotations
 
 import array
+import contextlib
 import errno
+import os
 import threading
 import time
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -232,13 +235,29 @@ class VirtualDevice:
 
 
 class _Handle:
-    __slots__ = ("backend", "claimed", "device", "generation")
+    __slots__ = ("backend", "claimed", "device", "generation", "pid")
 
     def __init__(self, device: VirtualDevice, backend: VirtualBackend) -> None:
         self.device = device
         self.backend = backend
         self.generation = device.generation
         self.claimed: set[int] = set()
+        #: The process that opened the handle: on Linux a fork child shares it (and its
+        #: interface claims), so what the child does to it is what the parent loses.
+        self.pid = os.getpid()
+
+
+#: Backends alive in this process, given a pipe before fork() (see ``child_calls``).
+_BACKENDS: weakref.WeakSet[VirtualBackend] = weakref.WeakSet()
+
+
+def _before_fork() -> None:
+    for backend in list(_BACKENDS):
+        backend._open_fork_pipe()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_before_fork)
 
 
 class VirtualBackend(usb.backend.IBackend):  # type: ignore[misc]
@@ -250,8 +269,54 @@ class VirtualBackend(usb.backend.IBackend):  # type: ignore[misc]
         self._next_address: dict[int, int] = {}
         self._next_port: dict[int, int] = {}
         self.bus = bus
+        self._fork_pipe: tuple[int, int] | None = None
+        self._child_calls: list[str] = []
         for dev in devices:
             self.plug(dev)
+        _BACKENDS.add(self)
+
+    # --- what fork children did to the parent's handles ----------------------------------
+
+    def _open_fork_pipe(self) -> None:
+        if self._fork_pipe is None:
+            r, w = os.pipe()
+            os.set_blocking(r, False)
+            self._fork_pipe = (r, w)
+
+    def _inherited(self, handle: _Handle, call: str, detail: int = 0) -> bool:
+        """Record ``call`` when a fork child makes it on a handle its parent opened (the
+        parent reads it with :meth:`child_calls`); True when it was such a call."""
+        if handle.pid == os.getpid():
+            return False
+        pipe = self._fork_pipe
+        line = f"{os.getpid()} {call} {detail}\n".encode()
+        if pipe is not None:
+            with contextlib.suppress(OSError):
+                os.write(pipe[1], line)
+        return True
+
+    def child_calls(self) -> list[str]:
+        """Releases and closes fork children made on handles this process opened, as
+        ``"<pid> release_interface <n>"`` / ``"<pid> close_device 0"`` lines. On real
+        hardware (Linux usbfs) each one drops this process's claim on the reader."""
+        pipe = self._fork_pipe
+        if pipe is not None:
+            while True:
+                try:
+                    chunk = os.read(pipe[0], 65536)
+                except BlockingIOError:
+                    break
+                if not chunk:
+                    break
+                self._child_calls += chunk.decode().splitlines()
+        return list(self._child_calls)
+
+    def __del__(self) -> None:
+        pipe, self._fork_pipe = getattr(self, "_fork_pipe", None), None
+        if pipe is not None:
+            for fd in pipe:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
 
     def _allocate(self, device: VirtualDevice) -> None:
         """Address (and port) on the first bus with room: a bus holds 127 devices."""
@@ -383,6 +448,7 @@ class VirtualBackend(usb.backend.IBackend):  # type: ignore[misc]
             return _Handle(dev, self)
 
     def close_device(self, dev_handle: _Handle) -> None:
+        self._inherited(dev_handle, "close_device")
         dev = dev_handle.device
         with dev._lock:
             for number in dev_handle.claimed:
@@ -420,6 +486,7 @@ class VirtualBackend(usb.backend.IBackend):  # type: ignore[misc]
             dev_handle.claimed.add(intf)
 
     def release_interface(self, dev_handle: _Handle, intf: int) -> None:
+        self._inherited(dev_handle, "release_interface", intf)
         dev = self._alive(dev_handle)
         with dev._lock:
             if dev.claims.get(intf) is dev_handle:

@@ -429,9 +429,14 @@ class VirtualReader:
         return self.descriptor.dwMaxCCIDMessageLength or 271
 
     def data_rate_supported(self, rate: int, slot: int | None = None) -> bool:
-        """In the slot's own rates (``slot_data_rates``) or the GET_DATA_RATES list (±2 bps),
-        or up to dwMaxDataRate without a list."""
-        rates = self.data_rates
+        """In the slot's own rates (``slot_data_rates``) or, when the descriptor declares
+        bNumDataRatesSupported, the GET_DATA_RATES list (±2 bps); else up to dwMaxDataRate.
+
+        bNumDataRatesSupported 0 means any rate from dwDataRate to dwMaxDataRate (CCID 1.1
+        table 5.1-1): hosts do not ask GET_DATA_RATES then, and what such readers answer to
+        it anyway is no limit (the ACR40T lists rates at 4 MHz, not its 4.8 MHz clock).
+        """
+        rates = self.data_rates if self.descriptor.bNumDataRatesSupported else ()
         if slot is not None:
             rates = self.slot_data_rates.get(slot, rates)
         if rates:
@@ -936,7 +941,8 @@ class VirtualReader:
         if feats & Features.AUTO_PPS_PROPRIETARY and not info.specific and s.pps_window:
             target = info.ta1 if info.ta1 is not None else 0x11
             if target != 0x11 and self._fidi_rate_ok(s, target):
-                self._auto_pps(s, target)
+                # Before any SetParameters the PPS is for the card's first protocol.
+                self._auto_pps(s, target, info.protocols[0])
         return self._ok(cmd, s, seq, 0, atr), delay
 
     def _card_protocols(self, s: _Slot) -> tuple[int, ...]:
@@ -951,12 +957,17 @@ class VirtualReader:
         return round(clock * 1000 * di / fi)
 
     def _fidi_rate_ok(self, s: _Slot, fidi: int) -> bool:
+        # Fd/Dd (0x11) is the default every reader supports (ISO/IEC 7816-3; CCID dwDataRate
+        # declares its rate, often nominally: "9600" at 4 MHz is really 10,753 bps).
+        if fidi == 0x11:
+            return True
         rate = self._fidi_rate(s, fidi)
         return rate is not None and self.data_rate_supported(rate, s.index)
 
-    def _auto_pps(self, s: _Slot, fidi: int) -> bool:
-        """The reader's own PPS exchange (AUTO_PPS_*): True when the card accepted."""
-        request = bytearray((0xFF, 0x10 | s.protocol, fidi))
+    def _auto_pps(self, s: _Slot, fidi: int, protocol: int | None = None) -> bool:
+        """The reader's own PPS exchange (AUTO_PPS_*) for ``protocol`` (default: the slot's):
+        True when the card accepted."""
+        request = bytearray((0xFF, 0x10 | (s.protocol if protocol is None else protocol), fidi))
         request.append(request[0] ^ request[1] ^ request[2])
         answer = s.card.supports_pps(bytes(request))
         s.pps_window = False
@@ -988,7 +999,10 @@ class VirtualReader:
                         ) -> tuple[bytes, float]:
         cmd = M.PC_to_RDR_SetParameters
         proto = frame[7]
-        if proto not in (0, 1) or not self.descriptor.dwProtocols & (1 << proto):
+        # A descriptor naming neither T=0 nor T=1 (MySmartPad: dwProtocols 0x300) is read as
+        # both, as the session reads it: such a reader still talks to ISO cards.
+        declared = self.descriptor.dwProtocols & 0x03 or 0x03
+        if proto not in (0, 1) or not declared & (1 << proto):
             return self._fail(cmd, s.index, seq, 7), 0.0
         if len(payload) != (7 if proto == 1 else 5):
             return self._fail(cmd, s.index, seq, 1), 0.0

@@ -147,6 +147,16 @@ def usb_error(exc: BaseException, what: str, *, reader: str | None = None,
     return TransportError(f"{what}: USB error: {exc}", reader=reader, slot=slot)
 
 
+#: Largest CCID message (header + extended APDU, CCID 1.1 dwMaxCCIDMessageLength).
+_MAX_MESSAGE = 10 + 65544
+
+
+def _packet_size(declared: int) -> int:
+    """wMaxPacketSize as a transfer size: bits 0..10 only (bits 11..12 are the high-speed
+    transactions per microframe), at least 8."""
+    return max(int(declared) & 0x7FF, 8)
+
+
 def _ms(seconds: float) -> int:
     # libusb reads 0 as "wait forever": never pass it.
     return max(1, int(seconds * 1000 + 0.5))
@@ -324,8 +334,9 @@ class UsbTransport:
         self._detached = False
         self._closed = False
         self._inherited = False
-        self._packet = max(info.bulk_in_packet, 8)
-        wanted = max(info.descriptor.dwMaxCCIDMessageLength, 271) + 10
+        self._packet = _packet_size(info.bulk_in_packet)
+        # The device's declaration sizes a buffer: never past the largest CCID message.
+        wanted = min(max(info.descriptor.dwMaxCCIDMessageLength, 271), _MAX_MESSAGE) + 10
         self._bulk_in = info.bulk_in
         self._bulk_out = info.bulk_out
         self._buffer = array.array("B")
@@ -537,8 +548,8 @@ class UsbTransport:
         if self.info.interrupt_in is None:
             return None
         dev = self._device()
-        packet = max(self.info.interrupt_packet, 1)
-        size = (max(size, packet, 8) + packet - 1) // packet * packet  # whole packets
+        packet = _packet_size(self.info.interrupt_packet)
+        size = (max(min(size, 4096), packet, 8) + packet - 1) // packet * packet
         try:
             data = dev.read(self.info.interrupt_in, size, max(1, int(timeout_ms)))
         except usb.core.USBTimeoutError:
