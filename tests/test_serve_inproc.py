@@ -344,7 +344,8 @@ def test_client_gone_mid_command_and_mid_transaction_releases_everything(
         h, proto, rv = a.connect(a.establish(), name, share=wire.SHARE_EXCLUSIVE)
         assert rv == 0 and _begin(a, h) == 0
         a.sock.sendall(_raw_transmit_request(h, proto, bytes(APDU)))
-        inproc.until("the transmit runs", lambda: inproc.vreaders[0].slots[0].card.powered)
+        # the command is at the reader, its answer scheduled half a second away
+        inproc.until("the transmit runs", lambda: bool(inproc.vreaders[0]._pending))
     inproc.until("the client's handle dropped", lambda: not inproc.server.handles)
     inproc.vreaders[0].slots[0].card.faults.slow(0)
     entry = inproc.server.entries[0]
