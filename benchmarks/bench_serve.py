@@ -207,7 +207,7 @@ def _free_port() -> int:
 
 
 @contextmanager
-def private_pcscd() -> Iterator[tuple[CardStub, dict[str, str]]]:
+def private_pcscd() -> Iterator[tuple[CardStub, dict[str, str], int]]:
     """Debian's pcscd in a mount namespace of its own (a tmpfs on /run), serving vpcd only;
     clients reach its socket through /proc/PID/root."""
     port = _free_port()
@@ -229,7 +229,8 @@ def private_pcscd() -> Iterator[tuple[CardStub, dict[str, str]]]:
                     raise RuntimeError("the private pcscd did not start")
                 time.sleep(0.05)
             time.sleep(0.5)  # pcscd powers the card and reads its ATR
-            yield stub, {**os.environ, "PCSCLITE_CSOCK_NAME": path}
+            # (unshare and sh exec: the pid is pcscd's)
+            yield stub, {**os.environ, "PCSCLITE_CSOCK_NAME": path}, proc.pid
         finally:
             proc.terminate()
             proc.wait(10)
@@ -250,7 +251,8 @@ def pcscd_available() -> str | None:
 # --- (a) per-APDU cost ----------------------------------------------------------------------
 
 
-def in_process(preset: str, n: int) -> float:
+def in_process(preset: str, n: int) -> tuple[float, float]:
+    """(best wall time, CPU time) per card.transmit, in microseconds."""
     import ccid
     from ccid.testing import VirtualCard
     from ccid.testing import preset as make
@@ -260,39 +262,48 @@ def in_process(preset: str, n: int) -> float:
         for _ in range(200):
             card.transmit(APDU)
         best = []
+        cpu = time.process_time()
         for _ in range(5):
             t = time.perf_counter()
             for _ in range(n):
                 card.transmit(APDU)
             best.append((time.perf_counter() - t) / n)
-    return min(best) * 1e6
+        cpu = (time.process_time() - cpu) / (5 * n)
+    return min(best) * 1e6, cpu * 1e6
 
 
-def client_cost(env: dict[str, str], n: int) -> float:
+def client_cost(env: dict[str, str], n: int, server_pid: int) -> tuple[float, float]:
+    """(best wall time per APDU, server process CPU per APDU), in microseconds."""
+    cpu = _cpu_seconds(server_pid)
     out = subprocess.run([sys.executable, "-c", CLIENT, str(n)], check=True,
                          capture_output=True, text=True, env=env)
-    return float(out.stdout.strip())
+    cpu = _cpu_seconds(server_pid) - cpu
+    return float(out.stdout.strip()), cpu / (200 + 5 * n) * 1e6
 
 
 def per_apdu(n: int, preset: str) -> None:
-    local = in_process(preset, n)
-    with ccid_serve([f"{preset}=t1"]) as (_proc, env):
-        remote = client_cost(env, n)
-    print(f"(a) per short APDU ({APDU.hex()}), best of 5 x {n}")
-    print(f"    in-process card.transmit ({preset}, T=1)  {local:8.1f} us")
-    print(f"    pyscard -> ccid serve -> same reader        {remote:8.1f} us")
-    print(f"    ccid serve's added cost                     {remote - local:8.1f} us")
+    local, local_cpu = in_process(preset, n)
+    with ccid_serve([f"{preset}=t1"]) as (proc, env):
+        remote, remote_cpu = client_cost(env, n, proc.pid)
+    print(f"(a) per short APDU ({APDU.hex()}), best of 5 x {n}; CPU: of the server process,"
+          " over the whole client run")
+    print("                                                   wall      CPU")
+    print(f"    in-process card.transmit ({preset}, T=1)  {local:8.1f} {local_cpu:8.1f} us")
+    print(f"    pyscard -> ccid serve -> same reader        {remote:8.1f} {remote_cpu:8.1f} us")
+    print(f"    ccid serve's added cost                     {remote - local:8.1f} "
+          f"{remote_cpu - local_cpu:8.1f} us")
     why = pcscd_available()
     if why is not None:
         print(f"    pcscd: not measured ({why})")
         return
-    with private_pcscd() as (stub, env):
+    with private_pcscd() as (stub, env, pid):
         before_apdus, before_cpu = stub.apdus, stub.cpu
-        theirs = client_cost(env, n)
+        theirs, theirs_cpu = client_cost(env, n, pid)
         stub_cost = (stub.cpu - before_cpu) / max(1, stub.apdus - before_apdus) * 1e6
-    print(f"    pyscard -> pcscd -> vpcd -> card stub       {theirs:8.1f} us")
-    print(f"    card stub's own CPU                         {stub_cost:8.1f} us")
-    print(f"    pcscd's (+ vpcd's TCP hop) added cost       {theirs - stub_cost:8.1f} us")
+    print(f"    pyscard -> pcscd -> vpcd -> card stub       {theirs:8.1f} {theirs_cpu:8.1f} us")
+    print(f"    card stub's own CPU                         {stub_cost:8.1f}")
+    print(f"    pcscd's (+ vpcd's TCP hop) added cost       {theirs - stub_cost:8.1f} "
+          f"{theirs_cpu:8.1f} us")
 
 
 # --- (b) many clients -----------------------------------------------------------------------
