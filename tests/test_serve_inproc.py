@@ -5,6 +5,7 @@ pyscard on Debian's libpcsclite in subprocesses, and a raw client speaking the p
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -504,15 +505,20 @@ def test_system_refuses_when_a_server_listens_and_replaces_a_stale_socket(
             # the socket of a server that died: replaced; --system's socket is for everyone
             assert os.path.exists(path)
             proc = _serve_system(path, "--virtual", "gemalto-pc-twin")
-            assert proc.stdout is not None
-            assert "listening on " + path in proc.stdout.readline()
-            assert stat.S_IMODE(os.stat(path).st_mode) == 0o666
-            with RawClient(path, 4) as c:
-                assert len(c.states()) == 1
-            proc.send_signal(signal.SIGTERM)
-            proc.communicate(timeout=WAIT)
-            assert proc.returncode == 0
-            assert not os.path.exists(path)
+            try:
+                assert proc.stdout is not None
+                assert "listening on " + path in proc.stdout.readline()
+                assert stat.S_IMODE(os.stat(path).st_mode) == 0o666
+                with RawClient(path, 4) as c:
+                    assert len(c.states()) == 1
+                proc.send_signal(signal.SIGTERM)
+                proc.communicate(timeout=WAIT)
+                assert proc.returncode == 0
+                assert not os.path.exists(path)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait(WAIT)
         finally:
             with contextlib.suppress(OSError):
                 os.unlink(path)
@@ -578,3 +584,66 @@ def test_a_waiter_that_stops_reading_blocks_no_one(inproc: InProc,
     stuck.sock.close()
     inproc.until("logged", lambda: any("stopped reading its answers" in r.getMessage()
                                        for r in caplog.records))
+
+
+def tgkill(pid: int, tid: int, sig: int) -> int:
+    """Send ``sig`` to one thread of another process (glibc >= 2.30)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if not hasattr(libc, "tgkill"):
+        pytest.skip("no tgkill() in this C library")
+    return int(libc.tgkill(pid, tid, sig))
+
+
+def _serve_once(path: str) -> subprocess.Popen[str]:
+    code = "import sys; from ccid.cli import main; sys.exit(main())"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, "serve", "--socket", path, "--virtual", "gemalto-pc-twin"],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+        text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    assert proc.stdout is not None
+    assert "listening on" in proc.stdout.readline()
+    return proc
+
+
+def _main_thread_asleep(proc: subprocess.Popen[str]) -> None:
+    """Wait until the server's main thread sleeps in its wait for a signal (the control
+    thread answers, so the main thread is past starting it)."""
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write("remove 0\n")
+    proc.stdin.flush()
+    while not proc.stdout.readline().startswith("ok remove 0"):
+        pass
+    deadline = time.monotonic() + WAIT
+    wchan = Path(f"/proc/{proc.pid}/wchan")
+    asleep = 0
+    while asleep < 5:  # asleep at five looks in a row
+        assert time.monotonic() < deadline, wchan.read_text()
+        asleep = asleep + 1 if wchan.read_text().startswith("futex") else 0
+        time.sleep(0.02)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux threads in /proc")
+def test_sigterm_caught_by_any_thread_stops_the_server(tmp_path: Path) -> None:
+    """The kernel may hand a process's SIGTERM to any of its threads; Python runs the
+    handler only when the main thread runs, so the main thread must not sleep for long."""
+    index = 0
+    while True:
+        path = str(tmp_path / f"{index}.comm")
+        proc = _serve_once(path)
+        try:
+            _main_thread_asleep(proc)
+            others = sorted(int(t) for t in os.listdir(f"/proc/{proc.pid}/task")
+                            if int(t) != proc.pid)
+            if index >= len(others):
+                proc.send_signal(signal.SIGTERM)
+                assert proc.wait(WAIT) == 0
+                break
+            assert tgkill(proc.pid, others[index], signal.SIGTERM) == 0
+            assert proc.wait(WAIT) == 0, f"thread {index} of {len(others)}"
+            assert not os.path.exists(path)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(WAIT)
+        index += 1
+    assert index >= 3  # (the accept, reader-watch and reader-monitor threads at least)

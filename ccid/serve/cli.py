@@ -159,7 +159,9 @@ def run(args: argparse.Namespace) -> int:
         threading.Thread(target=_drive, args=(backend, sys.stdin), daemon=True,
                          name="ccid-serve-control").start()
     try:
-        while not stop.wait(3600):
+        # Short waits: the kernel may hand SIGTERM to any thread, and Python runs the
+        # handler only once the main thread runs again.
+        while not stop.wait(1.0):
             pass
     finally:
         server.close()
