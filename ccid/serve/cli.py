@@ -39,7 +39,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     sp.add_argument("--socket", metavar="PATH", help="socket path (default: "
                     "$XDG_RUNTIME_DIR/ccid/pcscd.comm)")
     sp.add_argument("--system", action="store_true",
-                    help="listen on /run/pcscd/pcscd.comm like pcscd (refused if one runs)")
+                    help="listen on /run/pcscd/pcscd.comm like pcscd (refused if one runs; "
+                         "$CCID_SERVE_SYSTEM_SOCKET moves it)")
     sp.add_argument("--allow-group", action="append", default=[], metavar="GROUP",
                     help="also serve members of GROUP (default: only our own user)")
     sp.add_argument("--allow-escape", action="store_true",
@@ -126,7 +127,10 @@ def run(args: argparse.Namespace) -> int:
         from ccid.errors import UsageError
 
         raise UsageError("--system and --socket are exclusive")
-    path = SYSTEM_SOCKET if args.system else (args.socket or default_socket_path())
+    # CCID_SERVE_SYSTEM_SOCKET: where --system listens when /run/pcscd is not pcscd's
+    # place (containers, tests); pcscd's own path is fixed when it is built.
+    system = os.environ.get("CCID_SERVE_SYSTEM_SOCKET") or SYSTEM_SOCKET
+    path = system if args.system else (args.socket or default_socket_path())
     backend = _virtual_backend(args.virtual, args.virtual_pin) if args.virtual else None
     if args.serve_trace:
         from ccid import trace
@@ -155,7 +159,9 @@ def run(args: argparse.Namespace) -> int:
         threading.Thread(target=_drive, args=(backend, sys.stdin), daemon=True,
                          name="ccid-serve-control").start()
     try:
-        while not stop.wait(3600):
+        # Short waits: the kernel may hand SIGTERM to any thread, and Python runs the
+        # handler only once the main thread runs again.
+        while not stop.wait(1.0):
             pass
     finally:
         server.close()

@@ -44,6 +44,8 @@ SYSTEM_SOCKET = "/run/pcscd/pcscd.comm"
 MAX_CONTEXTS = 16
 MAX_HANDLES = 64
 MAX_CLIENTS = 256
+#: How long a notification waits for a client's own answer to go out (seconds).
+SEND_WAIT = 0.5
 _SO_PEERCRED = getattr(socket, "SO_PEERCRED", 17)
 _UCRED = struct.Struct("=iII")  # pid, uid, gid
 
@@ -105,6 +107,7 @@ class Entry:
     atr: bytes = b""
     gone: bool = False
     probed: bool = False
+    generation: int = 0  # insertions and removals seen (a probe's result may be stale)
     handles: set[Handle] = field(default_factory=set)
     lock_owner: Handle | None = None
 
@@ -167,17 +170,51 @@ class Connection:
         self.contexts: set[int] = set()
         self.handles: dict[int, Handle] = {}
         self.closed = False
+        self.aborted = False  # closed by the server: it stopped reading
 
     def __repr__(self) -> str:
         return f"client {self.id} (pid {self.pid})"
 
     def send(self, data: bytes) -> None:
+        """An answer, from the client's own thread (waits while the client reads)."""
         with self.send_lock:
             if not self.closed:
                 try:
                     self.sock.sendall(data)
                 except OSError:
                     self.closed = True
+
+    def send_now(self, data: bytes) -> None:
+        """A message sent under the server's lock (notifications, the 4:4 registration's
+        array): never waits. libpcsclite reads each answer before its next request, so a
+        client whose socket cannot take it at once has stopped reading: it is closed
+        rather than let it stall every other client."""
+        # The client's own thread holds the lock for the microseconds an answer takes to
+        # a client that reads; much longer, it is blocked on one that does not.
+        if not self.send_lock.acquire(timeout=SEND_WAIT):
+            self.abort()
+            return
+        try:
+            if self.closed:
+                return
+            try:
+                sent = self.sock.send(data, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                self.closed = True
+                return
+            if sent < len(data):
+                self.abort()  # (a partial message would corrupt the stream anyway)
+        finally:
+            self.send_lock.release()
+
+    def abort(self) -> None:
+        """Close a client that stopped reading; its thread ends and releases its state."""
+        self.aborted = True
+        self.closed = True
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
 
 
 # --- the server ----------------------------------------------------------------------------
@@ -393,57 +430,61 @@ class Server:
         if entry is None:
             return
         with self.lock:
-            entry.present = True
-            entry.mute = False
-            entry.atr = b""
-            entry.event_counter = (entry.event_counter + 1) & 0xFFFF
+            entry.generation += 1
+            generation = entry.generation
         log.info("card inserted into %s", entry.name)
         if not self._ready.is_set():
-            self._probe(entry)  # the first clients see the ATRs of the cards already in
+            self._probe(entry, generation)  # the first clients see the cards already in
             return
-        self._signal()
-        # Power the card to publish its ATR, as pcscd does; in its own thread so that a
-        # slow card does not delay other readers' events.
-        threading.Thread(target=self._probe, args=(entry,), daemon=True,
+        # Power the card and publish it with its ATR in one change, as pcscd does: a
+        # libpcsclite client seeing a card present without an ATR sleeps 400 ms for it
+        # (winscard_clnt.c). In a thread, so that a slow card delays no other reader.
+        threading.Thread(target=self._probe, args=(entry, generation), daemon=True,
                          name="ccid-serve-probe").start()
 
-    def _probe(self, entry: Entry) -> None:
+    def _probe(self, entry: Entry, generation: int) -> None:
         try:
-            self._power_and_read(entry)
+            atr, mute = self._power_and_read(entry)
+            with self.lock:
+                if entry.generation != generation:
+                    return  # removed (or swapped) meanwhile: its own event says so
+                entry.present, entry.mute, entry.atr = True, mute, atr
+                entry.event_counter = (entry.event_counter + 1) & 0xFFFF
+            if atr:
+                log.info("%s: ATR %s", entry.name, atr.hex(" ").upper())
         finally:
             entry.probed = True
         self._signal()
 
-    def _power_and_read(self, entry: Entry) -> None:
+    def _power_and_read(self, entry: Entry) -> tuple[bytes, bool]:
+        """(ATR, mute) of the card just inserted into ``entry``."""
         try:
             card = entry.reader.connect(entry.slot, mode="shared", timeout=10.0)
         except NoCardError:
-            return
+            return b"", False
         except SharingViolationError:
             info = entry.reader.slots[entry.slot]
-            with self.lock:
-                entry.atr = info.atr or b""
+            return bytes(info.atr or b""), False
         except CCIDError as exc:
             log.info("%s: card does not answer (%s)", entry.name, exc.message)
-            with self.lock:
-                entry.mute = True
-        else:
-            atr = card.atr
-            with contextlib.suppress(CCIDError):
-                card.disconnect("leave")
-            with self.lock:
-                entry.atr = b"" if atr is None else bytes(atr)
-            log.info("%s: ATR %s", entry.name, entry.atr.hex(" ").upper())
+            return b"", True
+        atr = card.atr
+        with contextlib.suppress(CCIDError):
+            card.disconnect("leave")
+        return (b"" if atr is None else bytes(atr)), False
 
     def _card_removed(self, reader_name: str, slot: int) -> None:
         entry = self._entry(reader_name, slot)
         if entry is None:
             return
         with self.lock:
+            entry.generation += 1
+            was = entry.present
             entry.present = False
             entry.mute = False
             entry.atr = b""
-            entry.event_counter = (entry.event_counter + 1) & 0xFFFF
+            if was:
+                entry.event_counter = (entry.event_counter + 1) & 0xFFFF
         log.info("card removed from %s", entry.name)
         self._signal()
 
@@ -462,7 +503,7 @@ class Server:
         with self.lock:
             waiting, self.waiters = self.waiters, set()
             for conn in waiting:
-                conn.send(wire.WAIT_STATE.pack(0, rv))
+                conn.send_now(wire.WAIT_STATE.pack(0, rv))
         for hook in self.on_change:
             hook()
 
@@ -528,6 +569,8 @@ class Server:
                 except OSError:
                     data = b""
                 if not data:
+                    if conn.aborted:
+                        raise ProtocolViolation("stopped reading its answers")
                     break
                 conn.parser.feed(data)
                 while True:
@@ -536,7 +579,10 @@ class Server:
                         break
                     self._dispatch(conn, request)
                     if conn.closed:
-                        raise ProtocolViolation("the client stopped reading")
+                        if conn.aborted:
+                            raise ProtocolViolation("stopped reading its answers")
+                        why = "hung up before its answer"
+                        return
         except ProtocolViolation as exc:
             why = f"broke the protocol: {exc}"
             log.warning("%s %s; closing it", conn, exc)
@@ -643,7 +689,7 @@ class Server:
             if conn.parser.minor is None or conn.parser.minor < 6:
                 # up to 4:5 the registration answers with the whole array at once; under
                 # the lock, so that no notification can overtake it
-                conn.send(self.state_array(old_api=True))
+                conn.send_now(self.state_array(old_api=True))
         return None
 
     def _do_STOP_WAITING_READER_STATE_CHANGE(self, conn: Connection, req: Request
@@ -651,7 +697,7 @@ class Server:
         with self.lock:
             if conn in self.waiters:
                 self.waiters.discard(conn)
-                conn.send(wire.WAIT_STATE.pack(0, wire.SUCCESS))
+                conn.send_now(wire.WAIT_STATE.pack(0, wire.SUCCESS))
         # not waiting any more: the notification already sent was the answer
         return None
 
@@ -665,7 +711,13 @@ class Server:
                 return wire.CANCEL.pack(req.fields[0], _rv("SCARD_E_INVALID_HANDLE"))
             if target in self.waiters:
                 self.waiters.discard(target)
-                target.send(wire.WAIT_STATE.pack(0, _rv("SCARD_E_CANCELLED")))
+                target.send_now(wire.WAIT_STATE.pack(0, _rv("SCARD_E_CANCELLED")))
+            busy = [h for h in target.handles.values() if h.context == ctx]
+        # A CANCEL comes on a connection of its own, so the target's may be blocked in a
+        # card call: end it (SCARD_E_CANCELLED; the card stays usable). libpcsclite sends
+        # it only during a GetStatusChange; other client libraries may not.
+        for h in busy:
+            h.card.cancel()
         return wire.CANCEL.pack(req.fields[0], wire.SUCCESS)
 
     # --- card handles ------------------------------------------------------------------
