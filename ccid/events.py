@@ -87,7 +87,8 @@ class _Forwarder:
     def _run(self) -> None:
         while not self.stop.is_set():
             try:
-                event = self.reader.wait_for_event(TICK_SECONDS)
+                # no time limit needed: close() below wakes this wait
+                event = self.reader.wait_for_event(None)
             except CCIDError:
                 return
             if event is not None and not self.stop.is_set():
@@ -97,10 +98,10 @@ class _Forwarder:
 
     def close(self) -> None:
         self.stop.set()
+        with contextlib.suppress(CCIDError):
+            self.reader.close()  # ends the wait in _run
         if self.thread is not threading.current_thread():
             self.thread.join(2 * TICK_SECONDS + 1.0)
-        with contextlib.suppress(CCIDError):
-            self.reader.close()
 
 
 # One generator with its helpers inside: they share the watch's state (the readers known,

@@ -42,8 +42,8 @@ from ccid.errors import (
 )
 from ccid.session.card import MAX_APDU_LENGTH as MAX_APDU_LENGTH  # limits, for callers
 from ccid.session.card import Card, Rooms
-from ccid.session.channel import CANCEL_SLICE, Channel
 from ccid.session.channel import DEADLINE_MARGIN as DEADLINE_MARGIN
+from ccid.session.channel import Channel
 from ccid.session.exchange import Exchange, character_level
 from ccid.session.monitor import SlotMonitor, SlotPort
 from ccid.session.opening import MAX_MESSAGE_LENGTH as MAX_MESSAGE_LENGTH
@@ -292,6 +292,7 @@ class Reader:
                 return
             self._closing = True
         channel.closed = True  # new calls refuse from here on; calls in flight stop soon
+        self._events.wake()
         deadline = time.monotonic() + CLOSE_WAIT
         monitor, self._monitor = self._monitor, None
         monitor_done = True
@@ -408,9 +409,9 @@ class Reader:
             timeout = as_seconds(timeout, "timeout", self.name, zero=True)
         end = None if timeout is None else time.monotonic() + timeout
         while True:
-            # in slices: a close() from another thread ends the wait
-            left = CANCEL_SLICE if end is None else min(CANCEL_SLICE, end - time.monotonic())
-            event = self._events.get(max(0.0, left))
+            # no slices: a close() from another thread wakes the queue (EventQueue.wake)
+            left = None if end is None else max(0.0, end - time.monotonic())
+            event = self._events.get(left)
             if event is not None:
                 return event
             if channel.closed and not channel.removed:

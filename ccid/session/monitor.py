@@ -28,7 +28,7 @@ from ccid.errors import (
     UsageError,
 )
 from ccid.session.channel import Channel
-from ccid.session.options import READER_WAIT, TICK_SECONDS
+from ccid.session.options import READER_WAIT, TICK_SECONDS, WAKEABLE_TICK_SECONDS
 from ccid.session.slot import (
     CardInserted,
     EventSink,
@@ -177,6 +177,9 @@ class SlotMonitor:
             thread, self._thread = self._thread, None
             if thread is not None:
                 self._stopping = thread
+        transport = self.reader.channel.transport
+        if thread is not None and transport is not None and self.uses_interrupt:
+            transport.wake_interrupt()
         return self.join(timeout)
 
     def join(self, timeout: float | None = None) -> bool:
@@ -261,7 +264,8 @@ class SlotMonitor:
         if transport is None:  # closed
             return False
         # blocks in libusb for up to one tick: no CPU used while no card moves
-        data = transport.read_interrupt(0, int(TICK_SECONDS * 1000))
+        tick = WAKEABLE_TICK_SECONDS if transport.interrupt_wakeable else TICK_SECONDS
+        data = transport.read_interrupt(0, int(tick * 1000))
         if self._stop.is_set():
             return False
         if not data:

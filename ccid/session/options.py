@@ -19,6 +19,7 @@ __all__ = [
     "DEFAULT_CEILING",
     "READER_WAIT",
     "TICK_SECONDS",
+    "WAKEABLE_TICK_SECONDS",
     "Disposition",
     "Mode",
     "ReaderOptions",
@@ -30,10 +31,14 @@ __all__ = [
 DEFAULT_CEILING: Final = 60.0
 #: Wait for replies to commands that do not involve the card (status, parameters).
 READER_WAIT: Final = 5.0
-#: How long one interrupt read or one event wait lasts, so that stopping the monitor (and
-#: so a reader's close()) returns promptly. Interrupt messages are one packet each: a read
-#: that times out loses none.
-TICK_SECONDS: Final = 0.05
+#: How long one interrupt read lasts where the backend cannot end it early (libusb's
+#: synchronous transfers): what stopping the monitor (so a reader's close()) may wait, and
+#: what an idle reader costs (4 wake-ups a second). Interrupt messages are one packet each:
+#: a read that times out loses none.
+TICK_SECONDS: Final = 0.25
+#: The same where the backend can end a read early (``wake_reads``): close() does, so
+#: closing stays prompt while an idle reader wakes once in that many seconds.
+WAKEABLE_TICK_SECONDS: Final = 2.0
 
 Mode = Literal["shared", "exclusive", "direct"]
 Disposition = Literal["leave", "reset", "unpower", "eject"]

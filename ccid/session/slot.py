@@ -126,6 +126,7 @@ class EventQueue:
         self._cond = threading.Condition(threading.Lock())
         self.dropped = 0
         self.coalesced = 0
+        self._wakes = 0
 
     def __len__(self) -> int:
         return len(self._items)
@@ -154,11 +155,21 @@ class EventQueue:
             items.append(event)
             self._cond.notify()
 
+    def wake(self) -> None:
+        """End every :meth:`get` in progress with None (the reader is closing): waiters
+        block without polling, so closing must tell them."""
+        with self._cond:
+            self._wakes += 1
+            self._cond.notify_all()
+
     def get(self, timeout: float | None = None) -> Any:
-        """The oldest event, or None when none comes within ``timeout`` seconds."""
+        """The oldest event, or None when none comes within ``timeout`` seconds (or
+        :meth:`wake` was called)."""
         with self._cond:
             if not self._items:
-                self._cond.wait_for(lambda: bool(self._items), timeout)
+                wakes = self._wakes
+                self._cond.wait_for(lambda: bool(self._items) or self._wakes != wakes,
+                                    timeout)
             if not self._items:
                 return None
             return self._items.popleft()

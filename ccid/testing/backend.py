@@ -270,6 +270,7 @@ class VirtualBackend(usb.backend.IBackend):  # type: ignore[misc]
         self._next_port: dict[int, int] = {}
         self.bus = bus
         self._fork_pipe: tuple[int, int] | None = None
+        self._read_wakes = 0
         self._child_calls: list[str] = []
         for dev in devices:
             self.plug(dev)
@@ -557,6 +558,7 @@ class VirtualBackend(usb.backend.IBackend):  # type: ignore[misc]
         Timeout or unplug raise. Bulk waits also wake when the next scheduled reply is due.
         """
         cond = reader.cv if bulk else reader.intr_cv
+        wakes = self._read_wakes
         while True:
             self._alive(handle)
             if ready():
@@ -564,6 +566,8 @@ class VirtualBackend(usb.backend.IBackend):  # type: ignore[misc]
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 raise _timeout_error()
+            if not bulk and self._read_wakes != wakes:
+                raise _timeout_error()  # wake_reads(): the caller is closing
             waits = [t - now for t in (deadline, due) if t is not None]
             cond.wait(max(0.0, min(waits)) if waits else None)
             if bulk:
@@ -607,6 +611,21 @@ class VirtualBackend(usb.backend.IBackend):  # type: ignore[misc]
     def bulk_read(self, dev_handle: _Handle, ep: int, intf: int, buff: array.array[int],
                   timeout: int) -> int:
         return self._read(dev_handle, ep, "in", buff, timeout)
+
+    def wake_reads(self) -> None:
+        """End every interrupt read in progress as a timeout, as if its time were up.
+
+        A reader's close() calls it (through the transport) so that its event thread, blocked
+        in a long interrupt read, stops at once; libusb offers no such call to a synchronous
+        transfer, so there the read runs out its (short) slice instead.
+        """
+        with self._lock:
+            self._read_wakes += 1
+            devices = list(self._devices)
+        for device in devices:
+            for reader in device.readers:
+                with reader.cv:
+                    reader.intr_cv.notify_all()
 
     def intr_read(self, dev_handle: _Handle, ep: int, intf: int, buff: array.array[int],
                   timeout: int) -> int:

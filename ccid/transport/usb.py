@@ -540,6 +540,21 @@ class UsbTransport:
         """The reader has an interrupt-IN endpoint (card events without polling)."""
         return self.info.interrupt_in is not None
 
+    def _wake_hook(self) -> Any:
+        ctx = getattr(self._dev, "_ctx", None)  # pyusb keeps the backend on the device's context
+        return getattr(getattr(ctx, "backend", None), "wake_reads", None)
+
+    @property
+    def interrupt_wakeable(self) -> bool:
+        """The backend can end a blocked interrupt read early (see :meth:`wake_interrupt`)."""
+        return self._wake_hook() is not None
+
+    def wake_interrupt(self) -> None:
+        """End an interrupt read blocked in another thread, where the backend can."""
+        hook = self._wake_hook()
+        if hook is not None:
+            hook()
+
     def read_interrupt(self, size: int = 0, timeout_ms: int = 250) -> bytes | None:
         """One interrupt-IN message, or None when nothing came within ``timeout_ms``."""
         if self.info.interrupt_in is None:
