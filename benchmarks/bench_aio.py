@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
 """The asyncio front door's cost: ``await card.transmit`` against ``card.transmit``.
 
-    python benchmarks/bench_aio.py [--batch 500] [--rounds 15] [--idle 3]
+    python benchmarks/bench_aio.py [--batch 500] [--rounds 15] [--idle 3] [--card-delay 0.001]
 
 1. Per APDU, side by side in one run on the same virtual reader and the same session
    objects (the blocking handle is the one ``ccid.aio.Card`` drives): a 3-byte ECHO at
    APDU level, batches interleaved, best of ``--rounds``. Wall time per APDU (the thread
    hop is latency) and CPU time per APDU (``time.process_time``: every thread of the
-   process). Target: aio at most 1.3x blocking.
+   process). Target: aio at most 1.3x blocking. Then the same with every exchange taking
+   ``--card-delay`` seconds at the card (default 1 ms, about one full-speed USB round trip
+   plus a fast card): the thread hop is a fixed cost, so its share depends on what an
+   APDU costs without it.
 2. CPU while an asyncio task waits for a card event that does not come, over ``--idle``
    seconds: the reader's slot monitor (interrupt endpoint) plus ccid.aio's event thread,
    against the same reader open with the monitor alone (no task waiting). Target: < 1 %
@@ -36,9 +39,13 @@ SHORT_ECHO = bytes.fromhex("8010000003010203") + b"\x00"
 EXPECTED = bytes.fromhex("0102039000")
 
 
-async def per_apdu(batch: int, rounds: int) -> dict[str, tuple[float, float]]:
+async def per_apdu(batch: int, rounds: int, delay: float = 0.0
+                   ) -> dict[str, tuple[float, float]]:
     """Best (wall, cpu) seconds per APDU for each way of sending it."""
-    vr = preset_reader("extended-apdu", card=VirtualCard())
+    card_model = VirtualCard()
+    vr = preset_reader("extended-apdu", card=card_model)
+    if delay:
+        card_model.faults.slow(delay)
     best = {"blocking": (1e9, 1e9), "aio": (1e9, 1e9), "aio gather x4": (1e9, 1e9)}
     async with await ccid.aio.open_reader(backend=VirtualBackend(vr), events=False) as reader, \
             reader.connect() as card:
@@ -100,6 +107,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--idle", type=float, default=3.0)
+    parser.add_argument("--card-delay", type=float, default=0.001)
     args = parser.parse_args()
     print(machine())
     best = asyncio.run(per_apdu(args.batch, args.rounds))
@@ -112,6 +120,15 @@ def main() -> None:
     ratio = best["aio"][0] / base_wall
     print(f"  aio / blocking (wall): {ratio:.2f}x  (target <= 1.3x: "
           f"{'met' if ratio <= 1.3 else 'MISSED'})")
+    if args.card_delay > 0:
+        batch = max(4, min(args.batch, 200))
+        rounds = max(1, args.rounds // 3)
+        slow = asyncio.run(per_apdu(batch, rounds, args.card_delay))
+        print(f"\nthe same with {args.card_delay * 1e3:g} ms per exchange at the card, "
+              f"best of {rounds} x {batch}:")
+        for name, (wall, _cpu) in slow.items():
+            print(f"  {name:16} {wall * 1e6:9.1f} us wall "
+                  f"{wall / slow['blocking'][0]:6.2f}x")
     alone, waiting = asyncio.run(idle_cpu(args.idle))
     print(f"\nCPU over {args.idle:g} s with no card event (share of one core):")
     print(f"  slot monitor alone:            {alone * 100:.3f} %")
