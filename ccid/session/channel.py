@@ -134,14 +134,24 @@ class Wire:
 
     def read_sliced(self, transport: UsbTransport, timeout: float) -> bytes:
         """``transport.read(timeout)`` in reads of at most CANCEL_SLICE, so that a
-        ``Card.cancel()`` or a close() ends the wait promptly."""
+        ``Card.cancel()`` or a close() ends the wait promptly.
+
+        Where a read that times out loses the packets it took (libusb through pyusb), a
+        slice waiting for a reply reads one packet only: a slice ending while a long frame
+        comes in would otherwise drop its first packets. The rest of a frame is read whole
+        (``read_frame`` goes on once part of it is held; it follows at once on the bus)."""
         if timeout <= CANCEL_SLICE:
             return transport.read(timeout)
+        read = transport.read
+        if not transport.keeps_partial_reads:
+            if self.ch.assembler.pending_bytes:
+                return transport.read(timeout)  # the rest of a frame: one transfer
+            read = transport.read_packet
         end = _monotonic() + timeout
         while True:
             left = end - _monotonic()
             try:
-                return transport.read(left if left < CANCEL_SLICE else CANCEL_SLICE)
+                return read(left if left < CANCEL_SLICE else CANCEL_SLICE)
             except ReaderTimeoutError:
                 stop = self.ch.stop_reason()
                 if stop is not None:

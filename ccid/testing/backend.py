@@ -261,9 +261,19 @@ if hasattr(os, "register_at_fork"):
 
 
 class VirtualBackend(usb.backend.IBackend):  # type: ignore[misc]
-    """A pyusb backend holding virtual devices; ``plug``/``unplug`` at any time."""
+    """A pyusb backend holding virtual devices; ``plug``/``unplug`` at any time.
 
-    def __init__(self, *devices: VirtualDevice | VirtualReader, bus: int = 1) -> None:
+    ``libusb_transfers``: bulk-IN transfers behave as libusb's synchronous ones do through
+    pyusb: a transfer ends only at a short (or zero-length) packet or a full buffer, and one
+    whose timeout runs out after some packets came loses them (pyusb raises the timeout and
+    drops what was transferred). By default a transfer hands back whatever packets are
+    there, which is kinder and faster for tests; ``keeps_partial_reads`` tells the transport
+    which of the two it is talking to.
+    """
+
+    def __init__(self, *devices: VirtualDevice | VirtualReader, bus: int = 1,
+                 libusb_transfers: bool = False) -> None:
+        self.keeps_partial_reads = not libusb_transfers
         self._lock = threading.RLock()
         self._devices: list[VirtualDevice] = []
         self._next_address: dict[int, int] = {}
@@ -596,17 +606,22 @@ class VirtualBackend(usb.backend.IBackend):  # type: ignore[misc]
             size = len(buff) * buff.itemsize
             view = memoryview(buff).cast("B")
             n = 0
-            while queue and n < size:
-                packet = queue.popleft()
-                if len(packet) > size - n:
-                    # The device sent more than the buffer holds: libusb fails the whole
-                    # transfer (LIBUSB_ERROR_OVERFLOW) and its data is gone.
-                    raise _usb_error(errno.EOVERFLOW)
-                view[n : n + len(packet)] = packet
-                n += len(packet)
-                if len(packet) < mps:
-                    break  # a short (or zero-length) packet ends the transfer
-            return n
+            while True:
+                while queue and n < size:
+                    packet = queue.popleft()
+                    if len(packet) > size - n:
+                        # The device sent more than the buffer holds: libusb fails the whole
+                        # transfer (LIBUSB_ERROR_OVERFLOW) and its data is gone.
+                        raise _usb_error(errno.EOVERFLOW)
+                    view[n : n + len(packet)] = packet
+                    n += len(packet)
+                    if len(packet) < mps:
+                        return n  # a short (or zero-length) packet ends the transfer
+                if n >= size or not bulk or self.keeps_partial_reads:
+                    return n
+                # libusb: the transfer goes on until its short packet; a timeout first
+                # loses what came (the caller sees only the timeout)
+                self._wait(reader, dev_handle, deadline, ready, reader.next_due())
 
     def bulk_read(self, dev_handle: _Handle, ep: int, intf: int, buff: array.array[int],
                   timeout: int) -> int:

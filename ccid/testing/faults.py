@@ -163,6 +163,9 @@ class Trickle(Fault):
     piece: int = 1
     interval: float = 0.2
     pad: int = 0
+    #: The pieces are packets of ONE transfer (``piece`` should then be wMaxPacketSize):
+    #: no short or zero-length packet between them, as a reader sending a long frame slowly.
+    one_transfer: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

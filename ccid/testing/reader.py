@@ -198,6 +198,7 @@ class _Pending:
     cmd: int
     frame: bytes | None  # None: never answered
     final: bool = True
+    open_ended: bool = False  # a piece of a transfer that goes on: no ZLP after it
 
 
 class VirtualReader:
@@ -666,12 +667,13 @@ class VirtualReader:
         return self._icc(self.slots[slot]) if slot < len(self.slots) else ICCStatus.ABSENT
 
     def _schedule(self, cmd: int, slot: int, seq: int,
-                  frames: Iterable[tuple[float, bytes | None, bool]]) -> None:
+                  frames: Iterable[tuple[float, bytes | None, bool]],
+                  open_ended: bool = False) -> None:
         now = time.monotonic()
         for delay, frame, final in frames:
             self._order += 1
             self._pending.append(_Pending(now + delay, self._order, slot, seq, cmd, frame,
-                                          final))
+                                          final, open_ended and not final))
         self._pending.sort(key=lambda p: (p.due, p.order))
         self.cv.notify_all()
 
@@ -786,7 +788,8 @@ class VirtualReader:
                                k == len(cuts) - 1))
         else:
             frames.append((delay, reply, True))
-        self._schedule(cmd, slot, seq, frames)
+        self._schedule(cmd, slot, seq, frames,
+                       open_ended=trickle is not None and trickle.one_transfer)
         for fault in taken:
             if isinstance(fault, F.Stall) and fault.endpoint == "in":
                 self.halted_in = True
@@ -821,7 +824,8 @@ class VirtualReader:
         keep: list[_Pending] = []
         for p in self._pending:
             if p.frame is not None and p.due <= now:
-                self._packetize(self.bulk_in, p.frame, self.bulk_packet_size)
+                self._packetize(self.bulk_in, p.frame, self.bulk_packet_size,
+                                end=not p.open_ended)
             else:
                 keep.append(p)
         self._pending = keep
@@ -832,10 +836,10 @@ class VirtualReader:
                             self.interrupt_packet_size)
 
     @staticmethod
-    def _packetize(queue: deque[bytes], frame: bytes, mps: int) -> None:
+    def _packetize(queue: deque[bytes], frame: bytes, mps: int, end: bool = True) -> None:
         for i in range(0, len(frame), mps):
             queue.append(frame[i : i + mps])
-        if len(frame) % mps == 0:
+        if end and len(frame) % mps == 0:
             queue.append(b"")  # a transfer that fills its last packet ends with a ZLP
 
     # --- control requests -------------------------------------------------------------

@@ -251,6 +251,11 @@ class IccdTransport(UsbTransport):
         job.busy_since = time.monotonic()
         self._job = job
 
+    @property
+    def keeps_partial_reads(self) -> bool:
+        """Replies are built whole from control transfers: a timeout loses nothing."""
+        return True
+
     def read(self, timeout: float) -> bytes:
         """The next RDR_to_PC frame: a queued answer, or the token polled for one."""
         self._device()

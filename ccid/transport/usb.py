@@ -540,6 +540,26 @@ class UsbTransport:
         """The reader has an interrupt-IN endpoint (card events without polling)."""
         return self.info.interrupt_in is not None
 
+    @property
+    def keeps_partial_reads(self) -> bool:
+        """A read that times out hands back the packets that came (the virtual backend);
+        libusb through pyusb loses them, so a read that may time out must not span two
+        packets of one frame (see ``Wire.read_sliced``)."""
+        ctx = getattr(self._dev, "_ctx", None)
+        return bool(getattr(getattr(ctx, "backend", None), "keeps_partial_reads", False))
+
+    def read_packet(self, timeout: float) -> bytes:
+        """One bulk-IN transfer of at most one packet: a timeout can lose nothing."""
+        dev = self._device()
+        ms = int(timeout * 1000 + 0.5)
+        try:
+            data = dev.read(self._bulk_in, _packet_size(self.info.bulk_in_packet), max(1, ms))
+        except usb.core.USBError as exc:
+            self._on_error(exc, self._bulk_in)
+            raise usb_error(exc, "reading from the reader", reader=self.name) from exc
+        out: bytes = data.tobytes()
+        return out
+
     def _wake_hook(self) -> Any:
         ctx = getattr(self._dev, "_ctx", None)  # pyusb keeps the backend on the device's context
         return getattr(getattr(ctx, "backend", None), "wake_reads", None)
