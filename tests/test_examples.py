@@ -11,6 +11,15 @@ first with ``ccid --trace``; ``ccid serve`` gets ``--socket`` in the test's dire
 until the example's PC/SC client lines (``CLIENTS``, run unmodified against it with
 ``PCSCLITE_CSOCK_NAME`` set, which is what the README's ``export`` line does) are done, and
 must then stop cleanly on SIGTERM. Set CCID_README to check another copy of the README.
+
+README.md's ```python blocks run too, each unmodified, in order, in a fresh interpreter
+(cwd the test's directory). What is adapted, and only this: a prelude (``PRELUDE``) imports
+``ccid`` and sets the library's default pyusb backend (the cache behind
+``ccid.transport.usb.default_backend()``) to the ``gemalto-pc-twin`` virtual reader, since
+there is no hardware here and the blocks call ``open_reader()`` / ``list_readers()`` /
+``ccid.aio.open_reader()`` with no backend. The virtual reader is a real pyusb backend, so
+none of our code is mocked. A block that prints APDU responses must show its SELECT of the
+virtual card's applet (A0000000 18FF) answering 9000.
 """
 
 from __future__ import annotations
@@ -39,6 +48,17 @@ VIRTUAL = {"list", "scan", "parse", "dump-descriptor", "send", "demo", "serve"}
 CLIENTS = ("opensc-tool ", "pcsc_scan")
 #: The README's line pointing those clients at the server; the test sets the variable itself.
 CLIENT_ENV = "export PCSCLITE_CSOCK_NAME="
+#: Run before each README python block: `import ccid` (a later block may rely on the first
+#: one's import) and a virtual reader as the default backend (there is no hardware here).
+PRELUDE = (
+    "import ccid\n"
+    "import ccid.testing.presets\n"
+    "import ccid.transport.usb\n"
+    "ccid.transport.usb._default_backend = ccid.testing.presets.preset('gemalto-pc-twin')\n"
+)
+#: A SELECT by AID: a block sending one must print it answering 9000 (the README selects the
+#: virtual card's applet, A0000000 18FF).
+SELECT = "00A40400"
 
 
 def readme_examples(text: str) -> list[str]:
@@ -52,6 +72,12 @@ def readme_examples(text: str) -> list[str]:
     prose = re.sub(r"```.*?```", "", text, flags=re.S)
     out += [span for span in re.findall(r"`(ccid [^`]+)`", prose) if span not in NOT_COMMANDS]
     return out
+
+
+def python_blocks(text: str) -> list[tuple[int, str]]:
+    """README's ```python blocks, each with the line it starts on."""
+    return [(text.count("\n", 0, m.start()) + 1, m.group(1))
+            for m in re.finditer(r"```python\n(.*?)```", text, re.S)]
 
 
 def help_examples() -> list[tuple[str, list[str]]]:
@@ -188,3 +214,25 @@ def test_uaccess_examples_sort_before_73() -> None:
             assert Path(argv[argv.index("-o") + 1]).name < "73", command
     for target in re.findall(r"/etc/udev/rules\.d/(\S+\.rules)", text):
         assert target != "92_pcscd_ccid.rules" or "libccid" in text, target
+
+
+def test_readme_has_python_blocks() -> None:
+    blocks = python_blocks(README.read_text(encoding="utf-8"))
+    assert any("ccid.aio" in code for _, code in blocks), "no asyncio example"
+    assert any("ccid.open_reader()" in code for _, code in blocks), "no default-backend example"
+
+
+@pytest.mark.parametrize("index", range(len(python_blocks(README.read_text(encoding="utf-8")))))
+def test_readme_python_block_runs(index: int, tmp_path: Path) -> None:
+    line, code = python_blocks(README.read_text(encoding="utf-8"))[index]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    r = subprocess.run([sys.executable, "-c", PRELUDE + code], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    where = f"README.md python block at line {line}"
+    assert r.returncode == 0, (where, r.stdout[-2000:], r.stderr[-2000:])
+    assert "Traceback" not in r.stderr + r.stdout, (where, r.stderr[-2000:])
+    if SELECT in code.upper().replace(" ", "") and "print(" in code:
+        # the response is printed as hex: data (none for this applet) then SW1 SW2
+        answers = [ln for ln in r.stdout.splitlines()
+                   if re.fullmatch(r"(?:[0-9a-f]{2})*9000", ln.strip())]
+        assert answers, (where, "its SELECT did not answer 9000", r.stdout[-2000:])
