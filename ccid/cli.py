@@ -820,6 +820,8 @@ def _examples(name: str, examples: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # Long on purpose: one stanza per subcommand (arguments, help, examples), read top to
+    # bottom as the command's reference; split up it would only add indirection.
     from ccid import __version__
 
     p = argparse.ArgumentParser(

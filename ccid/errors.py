@@ -280,3 +280,15 @@ class OperationCancelledError(CCIDError):
 
 
 __all__ += ["OperationCancelledError"]
+
+# --- the PC/SC server ----------------------------------------------------------------------
+
+
+class ServerError(CCIDError):
+    """``ccid serve`` cannot start: its socket is in use (pcscd or another server), its
+    path cannot be made or bound, or an ``--allow-group`` names no group."""
+
+    pcsc_code = "SCARD_E_NO_SERVICE"
+
+
+__all__ += ["ServerError"]

@@ -85,6 +85,7 @@ def _endpoints_text(n: int) -> str:
 
 def format_descriptor_report(rep: InterfaceReport) -> str:
     """The report text, one field a line."""
+    # Long on purpose: one line of code per line of the report, in the report's order.
     d = rep.descriptor
     out: list[str] = []
     add = out.append

@@ -30,6 +30,7 @@ from ccid.errors import (
     CCIDError,
     NoCardError,
     ReaderRemovedError,
+    ServerError,
     SharingViolationError,
 )
 from ccid.serve import features, wire
@@ -65,10 +66,6 @@ _MODES = {wire.SHARE_EXCLUSIVE: "exclusive", wire.SHARE_SHARED: "shared",
           wire.SHARE_DIRECT: "direct"}
 _DISPOSITIONS = {wire.LEAVE_CARD: "leave", wire.RESET_CARD: "reset",
                  wire.UNPOWER_CARD: "unpower", wire.EJECT_CARD: "eject"}
-
-
-class ServerError(Exception):
-    """The server cannot start (socket in use, bad path, a pcscd already there)."""
 
 
 def default_socket_path() -> str:
@@ -222,6 +219,10 @@ class Connection:
 
 class Server:
     """Serve every reader of ``backend`` (None: the real USB bus) on ``socket_path``.
+
+    Over 500 lines on purpose: one short ``_do_<COMMAND>`` method per pcsc-lite command
+    (about 25), all reading the same tables of contexts, handles and readers under one lock;
+    split by command family they would share those tables through a second object.
 
     ``allow_uids`` / ``allow_gids``: peers allowed besides our own uid. ``start()`` binds
     and starts the threads; ``close()`` stops, applies no disposition beyond "leave" to
