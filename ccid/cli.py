@@ -203,7 +203,10 @@ def _status_name(status: Any) -> str:
 def _flag_names(value: Any, names: dict[str, str] | None = None) -> list[str] | None:
     if value is None:
         return None
-    return [(names or {}).get(m.name, m.name.lower()) for m in type(value) if m in value]
+    # single-bit members only: on Python 3.10 iterating a Flag class also yields its zero
+    # member ("NONE") and multi-bit aliases, which 3.11+ leave out
+    return [(names or {}).get(m.name, m.name.lower()) for m in type(value)
+            if m.value and m.value & (m.value - 1) == 0 and m in value]
 
 
 _PROTOCOL_NAMES = {"T0": "T=0", "T1": "T=1"}
