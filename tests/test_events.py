@@ -111,9 +111,7 @@ def test_malformed_interrupt_is_ignored_not_fatal() -> None:
     vr, backend = plugged("gemalto-pc-twin")
     with open_reader(backend) as reader:
         drain(reader)
-        with vr.cv:
-            vr._intr_msgs.append(bytearray(b"\x77\x01"))  # an unknown interrupt message
-            vr.cv.notify_all()
+        vr.queue_interrupt(b"\x77\x01")  # an unknown interrupt message
         vr.insert(VirtualCard())
         assert next_event(reader) == ev.CardInserted(reader.name, 0)
         assert reader._monitor is not None and reader._monitor.running

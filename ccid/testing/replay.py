@@ -54,10 +54,8 @@ class ReplayReader(VirtualReader):
     def play_interrupts(self) -> None:
         """Queue the recorded interrupt messages that are due (see ``interrupts_due``)."""
         due = self.replay.interrupts_due()
-        if due and self.has_interrupt:
-            with self.cv:
-                self._intr_msgs.extend(bytearray(m) for m in due)
-                self.intr_cv.notify_all()
+        if due:
+            self.queue_interrupt(*due)
 
     def _answer(self, frame: bytes) -> list[bytes]:
         replies = self.replay.lookup(frame)
