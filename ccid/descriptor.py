@@ -23,6 +23,7 @@ from ccid.errors import DescriptorError, UsageError
 __all__ = [
     "DESCRIPTOR_FIELDS",
     "CCIDDescriptor",
+    "iccd_descriptor",
     "locate_ccid_descriptor",
     "parse_ccid_descriptor",
     "parse_clock_frequencies",
@@ -266,3 +267,21 @@ def parse_data_rates(payload: bytes, declared: int | None = None) -> tuple[int, 
 def parse_clock_frequencies(payload: bytes, declared: int | None = None) -> tuple[int, ...]:
     """Decode a GET_CLOCK_FREQUENCIES answer: little-endian DWORDs in kHz (same rules)."""
     return _parse_dword_array(payload, declared)
+
+
+def iccd_descriptor(desc: CCIDDescriptor, version: int) -> CCIDDescriptor:
+    """The descriptor the session drives for an ICCD token (``version``: the interface's
+    bInterfaceProtocol, 1 = A, 2 = B): version A as a TPDU reader (T=0 unless the
+    descriptor adds T=1), version B as an extended-APDU reader; one slot, one busy slot."""
+    level = Features.LEVEL_TPDU if version == 1 else Features.LEVEL_EXTENDED_APDU
+    mask = Features.LEVEL_TPDU | Features.LEVEL_SHORT_APDU | Features.LEVEL_EXTENDED_APDU
+    features = (desc.dwFeatures & ~int(mask)) | int(level)
+    protocols = desc.dwProtocols & 0x03 or 0x01
+    if version == 1 and desc.exchange_level != ExchangeLevel.TPDU:
+        protocols = 0x01  # character-level version A tokens run T=0 only
+    return CCIDDescriptor.from_fields({
+        **desc.as_dict(),
+        "dwFeatures": features, "dwProtocols": protocols, "bMaxSlotIndex": 0,
+        "bMaxCCIDBusySlots": 1, "bPINSupport": 0,
+        "dwMaxCCIDMessageLength": max(desc.dwMaxCCIDMessageLength, 271),
+    })

@@ -48,14 +48,7 @@ REGISTRIES: dict[str, str] = {
 
 #: Violations on main that other branches are removing: (rule, importer, imported).
 #: A violation not listed here fails the suite.
-KNOWN: dict[tuple[str, str, str], str] = {
-    # Function-level cycles on main since the ICCD work (not on this branch yet): a fix,
-    # or a reason in DEFERRED, belongs to their owners.
-    ("cycle", "ccid.testing.backend", "ccid.testing.iccd"): "ICCD virtual device",
-    ("cycle", "ccid.testing.iccd", "ccid.testing.backend"): "ICCD virtual device",
-    ("cycle", "ccid.transport.iccd", "ccid.transport.usb"): "ICCD control-pipe transport",
-    ("cycle", "ccid.transport.usb", "ccid.transport.iccd"): "ICCD control-pipe transport",
-}
+KNOWN: dict[tuple[str, str, str], str] = {}
 
 
 @dataclass(frozen=True, slots=True)

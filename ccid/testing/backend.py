@@ -41,12 +41,8 @@ import usb.core
 
 from ccid.errors import UsageError
 from ccid.testing import faults as F
-from ccid.testing.reader import (
-    VirtualReader,
-    _StallNow,
-    _UnplugAfter,
-    _UnplugNow,
-)
+from ccid.testing.model import StallNow, UnplugAfter, UnplugNow
+from ccid.testing.reader import VirtualReader
 from ccid.testing.usbdesc import (
     DESC_CONFIG,
     DESC_DEVICE,
@@ -548,11 +544,11 @@ class VirtualBackend(usb.backend.IBackend):  # type: ignore[misc]
                 self._wait(reader, dev_handle, self._deadline(timeout), lambda: False)
             try:
                 reader.feed(data.tobytes())
-            except _StallNow:
+            except StallNow:
                 raise _usb_error(errno.EPIPE) from None
-            except _UnplugNow:
+            except UnplugNow:
                 outcome = "gone"
-            except _UnplugAfter:
+            except UnplugAfter:
                 outcome = "gone after"  # the write itself went through
         if outcome != "ok":
             assert reader.device is not None
@@ -704,7 +700,7 @@ class VirtualBackend(usb.backend.IBackend):  # type: ignore[misc]
         try:
             answer: bytes | str | None = handler(request_type, request, value, payload,
                                                  size if request_type & 0x80 else 0)
-        except _UnplugNow:
+        except UnplugNow:
             dev.unplug()
             raise _usb_error(errno.ENODEV) from None
         return answer

@@ -30,9 +30,10 @@ from ccid.constants import HEADER_SIZE, ExchangeLevel
 from ccid.constants import MessageType as M
 from ccid.descriptor import CCIDDescriptor
 from ccid.framing import build_frame
-from ccid.testing.reader import VirtualReader, _parse_atr, _UnplugNow
+from ccid.testing.model import UnplugNow, parse_atr
+from ccid.testing.reader import VirtualReader
 
-__all__ = ["IccdFault", "IccdReader", "iccd_device_from_dump", "is_iccd_dump"]
+__all__ = ["IccdFault", "IccdReader", "is_iccd_dump"]
 
 ICC_POWER_ON, ICC_POWER_OFF, XFR_BLOCK, DATA_BLOCK = 0x62, 0x63, 0x65, 0x6F
 GET_ICC_STATUS, SLOT_STATUS_B = 0xA0, 0x81
@@ -113,7 +114,7 @@ class IccdReader(VirtualReader):
                 if fault.kind == "timeout":
                     return "timeout"
                 if fault.kind == "unplug":
-                    raise _UnplugNow()
+                    raise UnplugNow()
             if self.iccd_version == 1:
                 return self._a_request(request_type, request, data, fault)
             return self._b_request(request_type, request, value, data, fault)
@@ -138,7 +139,7 @@ class IccdReader(VirtualReader):
         frame = build_frame(msg_type, 0, 0, p1, level & 0xFF, level >> 8, data)
         try:
             self.process_frame(frame)
-        except _UnplugNow:
+        except UnplugNow:
             raise
         except Exception:  # a bulk fault meant for the bulk side: ignore it here
             pass
@@ -158,7 +159,7 @@ class IccdReader(VirtualReader):
         s = self.slots[0]
         if not s.active or s.card is None:
             return
-        info = _parse_atr(bytes(s.card.atr))
+        info = parse_atr(bytes(s.card.atr))
         s.protocol = info.protocols[0] if info.protocols else 0
         if s.protocol == 1:
             s.ifsc, s.waiting = info.t1_ifsc, info.t1_bwi_cwi
@@ -307,13 +308,3 @@ def is_iccd_dump(dump: Mapping[str, Any]) -> bool:
         return False
     # A vendor-class interface is ICCD underneath only without a bulk pair.
     return klass == 0x0B or (klass == 0xFF and int(itf.get("bNumEndpoints", 0)) < 2)
-
-
-def iccd_device_from_dump(entry: Mapping[str, Any], **device_kwargs: Any) -> Any:
-    """A ``VirtualDevice`` of a corpus dump whose ICCD interfaces are :class:`IccdReader`."""
-    from ccid.testing.backend import VirtualDevice
-
-    dumps = entry.get("interfaces") or [entry]
-    readers = [(IccdReader if is_iccd_dump(d) else VirtualReader).from_descriptor_dump(entry, i)
-               for i, d in enumerate(dumps)]
-    return VirtualDevice(readers, **device_kwargs)

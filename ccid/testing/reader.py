@@ -56,7 +56,7 @@ from ccid.framing import build_frame
 from ccid.testing import clock
 from ccid.testing import faults as F
 from ccid.testing.commands import dispatch
-from ccid.testing.model import ATRInfo, Pending, SlotState, StallNow, UnplugAfter, UnplugNow
+from ccid.testing.model import Pending, SlotState
 from ccid.testing.model import parse_atr as parse_atr
 from ccid.testing.pinpad import PinEntry as PinEntry
 from ccid.testing.pinpad import PinStructureLayout as PinStructureLayout
@@ -70,10 +70,6 @@ __all__ = ["CardLike", "EscapeHandler", "PinEntry", "Responder", "VirtualReader"
 
 M = MessageType
 E = SlotErrorCode
-
-# Where these lived before the split: ccid.testing.backend and .iccd import them from here.
-_Slot, _Pending, _ATRInfo, _parse_atr = SlotState, Pending, ATRInfo, parse_atr
-_UnplugNow, _UnplugAfter, _StallNow = UnplugNow, UnplugAfter, StallNow
 
 
 class CardLike(Protocol):

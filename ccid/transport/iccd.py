@@ -34,8 +34,8 @@ from dataclasses import dataclass
 import usb.core
 
 from ccid import trace as _trace
-from ccid.constants import ClassRequest, ExchangeLevel, Features
-from ccid.descriptor import CCIDDescriptor
+from ccid.constants import ClassRequest
+from ccid.descriptor import iccd_descriptor
 from ccid.errors import ProtocolError, ReaderError, ReaderTimeoutError, TransportError
 from ccid.transport.usb import UsbInterface, UsbTransport, _ms, usb_error
 
@@ -106,23 +106,6 @@ def iccd_version(interface_class: int, interface_protocol: int) -> int:
     if interface_class in (0x0B, 0xFF) and interface_protocol in (ICCD_A, ICCD_B):
         return interface_protocol
     return 0
-
-
-def iccd_descriptor(desc: CCIDDescriptor, version: int) -> CCIDDescriptor:
-    """The descriptor the session drives: version A as a TPDU reader (T=0 unless the
-    descriptor adds T=1), version B as an extended-APDU reader; one slot, one busy slot."""
-    level = Features.LEVEL_TPDU if version == ICCD_A else Features.LEVEL_EXTENDED_APDU
-    mask = Features.LEVEL_TPDU | Features.LEVEL_SHORT_APDU | Features.LEVEL_EXTENDED_APDU
-    features = (desc.dwFeatures & ~int(mask)) | int(level)
-    protocols = desc.dwProtocols & 0x03 or 0x01
-    if version == ICCD_A and desc.exchange_level != ExchangeLevel.TPDU:
-        protocols = 0x01  # character-level version A tokens run T=0 only
-    return CCIDDescriptor.from_fields({
-        **desc.as_dict(),
-        "dwFeatures": features, "dwProtocols": protocols, "bMaxSlotIndex": 0,
-        "bMaxCCIDBusySlots": 1, "bPINSupport": 0,
-        "dwMaxCCIDMessageLength": max(desc.dwMaxCCIDMessageLength, 271),
-    })
 
 
 @dataclass(slots=True)

@@ -21,7 +21,12 @@ import usb.util
 
 from ccid import trace as _trace
 from ccid.constants import CCID_CLASS, ClassRequest
-from ccid.descriptor import CCIDDescriptor, locate_ccid_descriptor, parse_ccid_descriptor
+from ccid.descriptor import (
+    CCIDDescriptor,
+    iccd_descriptor,
+    locate_ccid_descriptor,
+    parse_ccid_descriptor,
+)
 from ccid.errors import (
     CCIDError,
     DescriptorError,
@@ -263,8 +268,6 @@ def _interfaces_of(dev: Any) -> list[UsbInterface]:
             if iccd and klass != CCID_CLASS and bulk_in is not None and bulk_out is not None:
                 iccd = 0  # a vendor interface with bulk pipes talks CCID, whatever it says
             if iccd:
-                from ccid.transport.iccd import iccd_descriptor
-
                 desc = iccd_descriptor(desc, iccd)
                 bulk_in, bulk_out = bulk_in or 0, bulk_out or 0
             if bulk_in is None or bulk_out is None:
