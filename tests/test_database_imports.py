@@ -33,10 +33,13 @@ HEAVY = (
     "ccid.constants", "ccid.descriptor", "ccid.errors", "ccid.quirks", "ccid.database.schema",
 )
 # Everything a first lookup may import: the package and its cold-path modules, the C JSON
-# scanner, zlib (the cache's hash check) and, on 3.13, enum (see above).
+# scanner, zlib (the cache's hash check), on 3.13 enum (see above), and os with what it
+# imports (the data files' paths): the interpreter loads those at start-up, except Python
+# 3.10 without site (-S), where the first lookup does.
 COLD_PATH = frozenset({
     "ccid.database", "ccid.database.lookups", "ccid.database.entries", "ccid.database.cache",
     "_json", "zlib", "enum",
+    "os", "os.path", "posixpath", "genericpath", "stat", "_stat",
 })
 
 PROBE = """
