@@ -215,14 +215,18 @@ class Card:
                 s.exclusive = None
         self._connected = False
 
-    def _check(self) -> None:
-        """Refuse before anything is sent when the card changed under this handle."""
+    def _check_connected(self) -> None:
+        """Refuse on a closed, removed or foreign reader, or a disconnected handle."""
         channel = self._rooms.channel
         if not channel.usable():
             channel.check_usable()
         if not self._connected:
             raise UsageError("the card handle is disconnected", reader=self.reader.name,
                              slot=self.slot)
+
+    def _check(self) -> None:
+        """Refuse before anything is sent when the card changed under this handle."""
+        self._check_connected()
         if self.mode == "direct":
             return
         self._s.check_handle(self._generation, self._presence, self.reader.name)
@@ -350,10 +354,7 @@ class Card:
         wanted = as_protocol(protocol, reader.name, self.slot)
         ceiling = self._enter(reader.timeout)
         try:
-            self._rooms.channel.check_usable()
-            if not self._connected:
-                raise UsageError("the card handle is disconnected", reader=reader.name,
-                                 slot=self.slot)
+            self._check_connected()
             if cold and s.powered:
                 self._rooms.powerup.power_off(s)
             if wanted is None and s.protocol is not None and self._generation == s.generation:
@@ -370,10 +371,7 @@ class Card:
         wanted = as_protocol(protocol, reader.name, self.slot)
         ceiling = self._enter(reader.timeout)
         try:
-            self._rooms.channel.check_usable()
-            if not self._connected:
-                raise UsageError("the card handle is disconnected", reader=reader.name,
-                                 slot=self.slot)
+            self._check_connected()
             if self.mode != "direct" and (not s.powered or
                                           (wanted is not None and wanted != s.protocol)):
                 self._rooms.powerup.power_up(s, wanted, ceiling)
