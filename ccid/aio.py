@@ -11,27 +11,42 @@
         async for event in reader.events():
             print(event)
 
-Nothing here talks to a card. Every call runs the blocking library's own method on the
-blocking library's own objects (``ccid.Reader``, ``ccid.Card``) in a worker thread, and
-hands the result to the event loop. So each piece is shared, not copied:
+Nothing here talks to a card by itself: every call runs the blocking library's own
+objects (``ccid.Reader``, ``ccid.Card`` and their session rooms), so each piece is shared,
+not copied:
 
 ==============================  ==========================================================
-piece                           where it lives (the blocking call this module runs)
+piece                           where it lives (what this module runs)
 ==============================  ==========================================================
 opening, registry, quirks       ``ccid.open_reader`` / ``ccid.list_readers``
 power-up, ATR, PPS, protocol    ``Reader.connect``, ``Card.reset`` / ``reconnect``
-T=0, T=1, APDU level, chaining  ``Card.transmit``
-sharing, exclusive, generation  ``Reader.connect`` and the slot's handles; ``Card._check``
+T=0, T=1, APDU level, chaining  the sans-IO drivers of ``ccid.session.exchange``
+                                (``Exchange.steps``): the blocking ``Card.transmit`` feeds
+                                them with ``Exchange.run``, this module's ``Card.transmit``
+                                with its own loop (below)
+checks, sharing, generation     ``ccid.Card.transmit_now`` (the argument checks, the
+                                generation test, the slot and the reader taken) and
+                                ``ccid.Card.exchange_failure`` (removal, reset, swap)
 transactions                    ``Card.transaction`` (the slot lock, held by this handle's
                                 worker thread for the whole ``async with``)
 escape, pinpad                  ``Reader.escape``, ``Card.escape``, ``verify_pin``,
                                 ``modify_pin``
-abort after timeout/cancel      ``Card.transmit``'s own timeout path; a cancelled task calls
-                                the thread-safe ``Card.cancel()`` (same ABORT path)
+abort after timeout/cancel      the channel's general path (``Channel._await``), in the
+                                worker; a cancelled task calls the thread-safe
+                                ``Card.cancel()`` (same ABORT path)
 card events                     the reader's slot monitor and event queue
                                 (``Reader.wait_for_event``)
 reader hot-plug                 ``ccid.events.watch``
 ==============================  ==========================================================
+
+An APDU (``transmit``): when the backend can say whether a bulk transfer would wait (the
+virtual backend can; libusb through pyusb cannot), the slot and the reader are free, and
+tracing is off, the APDU's driver runs on the event loop. Each transfer that would not wait
+is made right there; a request that would wait (a reply not there yet, a time extension, a
+failure, a timeout and its ABORT) is finished in the handle's worker thread by the
+channel's general path, and the driver goes on, on the loop, with its reply. Otherwise the
+whole blocking ``Card.transmit`` runs in the worker thread. Either way the loop never waits
+on the USB side.
 
 Threads: pyusb is blocking, so each open reader has one worker thread for reader-level
 calls (open, connect, escape, close) and each card handle has its own worker thread. A
@@ -59,6 +74,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ccid.reader import Card as BlockingCard
     from ccid.reader import Reader as BlockingReader
     from ccid.reader import ReaderInfo, SlotInfo
+    from ccid.session.exchange import NowRun
 
 __all__ = ["Card", "Reader", "list_readers", "open_reader", "watch"]
 
@@ -80,10 +96,11 @@ EVENT_TICK = 1.0
 class _Call:
     """One blocking call queued on a worker, and the loop future waiting for it."""
 
-    __slots__ = ("args", "ended", "fn", "future", "loop", "on_end", "state")
+    __slots__ = ("args", "ended", "fn", "future", "loop", "on_end", "state", "worker")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any],
-                 fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+                 fn: Callable[..., Any], args: tuple[Any, ...], worker: _Worker) -> None:
+        self.worker = worker
         self.loop = loop
         self.future = future
         self.fn = fn
@@ -97,6 +114,7 @@ class _Call:
 def _settle(call: _Call, ok: bool, value: Any) -> None:
     """In the loop thread: hand the worker's outcome to whoever still waits for it."""
     call.ended = True
+    call.worker.active -= 1
     future = call.future
     if not future.done():
         if ok:
@@ -114,6 +132,8 @@ class _Worker:
         self._queue: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._stopped = False
+        #: Calls submitted and not yet settled (touched in the loop's thread only).
+        self.active = 0
         self.thread = threading.Thread(target=self._run, args=(self._queue, self._lock),
                                        name=name, daemon=True)
         self.thread.start()
@@ -144,7 +164,8 @@ class _Worker:
     def submit(self, fn: Callable[..., T], *args: Any) -> tuple[_Call, asyncio.Future[T]]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        call = _Call(loop, future, fn, args)
+        call = _Call(loop, future, fn, args, self)
+        self.active += 1
         if self._stopped:
             # After close or disconnect the blocking object refuses (UsageError) without
             # I/O, or does its little I/O: a thread of its own, so the loop never blocks.
@@ -160,6 +181,7 @@ class _Worker:
         with self._lock:
             if call.state == 0:
                 call.state = 2
+                self.active -= 1  # never settled
                 return True
             return False
 
@@ -534,10 +556,45 @@ class Card:
                        raw: bool = False) -> bytes:
         """Send a command APDU; return data + SW1 SW2 (``Card.transmit``). Cancelling the
         task aborts the command like a timeout does; the handle stays usable."""
+        if self._owner is not None:
+            await self._my_turn()
+        if not self._worker.active:  # calls queued on the handle go first, in order
+            run = self.blocking.transmit_now(apdu, timeout, raw)
+            if run is not None:
+                return await self._drive(run)
         if timeout is None and not raw:
             return await self._call(self.blocking.transmit, apdu)
         return await self._call(_call_kw(self.blocking.transmit, timeout=timeout, raw=raw),
                                 apdu)
+
+    async def _drive(self, run: NowRun) -> bytes:
+        """Run an APDU's driver on the loop: each transfer that would not wait is made
+        here, the rest of a request in this handle's worker thread (see the module
+        docstring)."""
+        steps = run.steps
+        try:
+            try:
+                request = next(steps)
+                while True:
+                    try:
+                        got = run.io(request)
+                        if type(got) is not bytes:
+                            got = await _run(self._worker, run.later, got,
+                                             on_cancel=self._cancel)
+                    except BaseException as exc:
+                        request = steps.throw(exc)
+                    else:
+                        request = steps.send(got)
+            except StopIteration as end:
+                response: bytes = end.value
+                return response
+        except CCIDError as exc:
+            failure = self.blocking.exchange_failure(exc)
+            if failure is exc:
+                raise
+            raise failure from exc
+        finally:
+            run.end()
 
     async def reset(self, cold: bool = False, *, protocol: Any = None) -> None:
         """Reset and renegotiate (``Card.reset``); other handles see CardResetError."""

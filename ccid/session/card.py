@@ -36,7 +36,7 @@ from ccid.errors import (
 )
 from ccid.protocol.atr import ATR
 from ccid.session.channel import CANCEL_SLICE, Channel
-from ccid.session.exchange import Exchange
+from ccid.session.exchange import Exchange, NowRun
 from ccid.session.monitor import SlotPort
 from ccid.session.options import Disposition, check_disposition
 from ccid.session.pinpad import PinFormat, Pinpad
@@ -140,13 +140,7 @@ class Card:
         refuse at once in the transaction's own thread (it could only wait for itself).
         """
         s = self._s
-        owner = s.owner
-        if owner is not None and owner is not self and \
-                s.owner_thread == threading.get_ident():
-            raise SharingViolationError(
-                "another handle on this card holds a transaction in this thread; use that "
-                "handle, or end its transaction first", reader=self.reader.name,
-                slot=self.slot)
+        self._refuse_own_transaction(threading.get_ident())
         with self._calls_lock:
             self._calls += 1
         tls = self._rooms.channel.tls
@@ -159,6 +153,16 @@ class Card:
             tls.card = None
             self._done()
             raise
+
+    def _refuse_own_transaction(self, thread: int) -> None:
+        """Another handle's transaction in this ``thread``: it could only wait for itself."""
+        s = self._s
+        owner = s.owner
+        if owner is not None and owner is not self and s.owner_thread == thread:
+            raise SharingViolationError(
+                "another handle on this card holds a transaction in this thread; use that "
+                "handle, or end its transaction first", reader=self.reader.name,
+                slot=self.slot)
 
     def _wait_slot(self, ceiling: float) -> float:
         """Wait for the slot lock held by another thread; the ceiling left once taken."""
@@ -256,6 +260,14 @@ class Card:
 
         ``raw=True`` (T=0 only) returns 61xx / 6Cxx as the card gave them.
         """
+        apdu, ceiling = self._transmit_args(apdu, timeout)
+        if _trace.enabled:  # the one trace test of an APDU when tracing is off
+            with _trace.span(self.reader.name, "Card.transmit"):
+                return self._transmit(apdu, ceiling, raw)
+        return self._transmit(apdu, ceiling, raw)
+
+    def _transmit_args(self, apdu: Any, timeout: float | None) -> tuple[bytes, float]:
+        """The checked APDU and the call's ceiling, before anything is sent."""
         reader = self.reader
         if type(apdu) is not bytes:
             apdu = as_bytes(apdu, "the APDU", reader.name, self.slot)
@@ -270,39 +282,88 @@ class Card:
                 reader=reader.name, slot=self.slot)
         ceiling = reader.timeout if timeout is None else as_seconds(timeout, "timeout",
                                                                      reader.name, self.slot)
-        if _trace.enabled:  # the one trace test of an APDU when tracing is off
-            with _trace.span(reader.name, "Card.transmit"):
-                return self._transmit(apdu, ceiling, raw)
-        return self._transmit(apdu, ceiling, raw)
+        return apdu, ceiling
 
     def _transmit(self, apdu: bytes, ceiling: float, raw: bool) -> bytes:
-        reader = self.reader
-        s = self._s
         ceiling = self._enter(ceiling)
         try:
             self._check()
             try:
-                return self._rooms.exchange.transmit(s, apdu, ceiling, raw)
-            except NoCardError as exc:
-                self._rooms.port.seen(self.slot, False, True)
-                raise CardRemovedError(f"the card was removed ({exc.message})",
-                                       reader=reader.name, slot=self.slot) from exc
-            except SlotError as exc:
-                if exc.bStatus is not None and exc.bStatus & 0x03 == ICCStatus.INACTIVE:
-                    s.apply(Change.UNPOWERED, reader.name)
-                    raise CardResetError(
-                        f"the card is no longer powered ({exc.message}); call reconnect()",
-                        reader=reader.name, slot=self.slot) from exc
-                raise
-            except (ProtocolError, CardMuteError) as exc:
-                # T=1 giving up, or a mute card: a card pulled out or swapped mid-exchange
-                # looks like this; say so when it is what happened.
-                changed = card_changed(self._rooms, s, self._generation, self._presence, exc)
-                if changed is None:
+                return self._rooms.exchange.transmit(self._s, apdu, ceiling, raw)
+            except CCIDError as exc:
+                failure = self.exchange_failure(exc)
+                if failure is exc:
                     raise
-                raise changed from exc
+                raise failure from exc
         finally:
             self._leave()
+
+    def exchange_failure(self, exc: BaseException) -> BaseException:
+        """What a failed exchange raises: ``exc``, or the card's removal, reset or change
+        that it shows, said as such."""
+        reader = self.reader
+        s = self._s
+        if isinstance(exc, NoCardError):
+            self._rooms.port.seen(self.slot, False, True)
+            return CardRemovedError(f"the card was removed ({exc.message})",
+                                    reader=reader.name, slot=self.slot)
+        if isinstance(exc, SlotError):
+            if exc.bStatus is not None and exc.bStatus & 0x03 == ICCStatus.INACTIVE:
+                s.apply(Change.UNPOWERED, reader.name)
+                return CardResetError(
+                    f"the card is no longer powered ({exc.message}); call reconnect()",
+                    reader=reader.name, slot=self.slot)
+            return exc
+        if isinstance(exc, (ProtocolError, CardMuteError)):
+            # T=1 giving up, or a mute card: a card pulled out or swapped mid-exchange
+            # looks like this; say so when it is what happened.
+            changed = card_changed(self._rooms, s, self._generation, self._presence, exc)
+            return exc if changed is None else changed
+        return exc
+
+    def transmit_now(self, apdu: bytes, timeout: float | None = None, raw: bool = False
+                     ) -> NowRun | None:
+        """Start :meth:`transmit` for a caller that must not wait (``ccid.aio`` on its
+        event loop): the same checks, the slot and the reader taken only if they are free
+        now, and the APDU's driver ready to run. None when this cannot start without
+        waiting, or its transfers cannot be made without waiting (a busy slot or reader,
+        several busy slots, a backend that cannot tell, tracing on): then run
+        :meth:`transmit` in a thread instead. Errors are raised as :meth:`transmit` raises
+        them; a failed run's exception goes through :meth:`exchange_failure`."""
+        apdu, ceiling = self._transmit_args(apdu, timeout)
+        rooms = self._rooms
+        channel = rooms.channel
+        transport = channel.transport
+        if _trace.enabled or transport is None or not channel.serial or \
+                not transport.pollable:
+            return None
+        s = self._s
+        self._refuse_own_transaction(threading.get_ident())
+        # Another call of this thread (another task) may hold the slot's re-entrant lock:
+        # the reader's hold below, a plain lock, is what keeps it out then.
+        if not s.lock.acquire(False):
+            return None
+        with self._calls_lock:
+            self._calls += 1
+        try:
+            self._check()
+            steps = rooms.exchange.steps(s, apdu, raw)
+            held = channel.hold_now()
+        except BaseException:
+            s.lock.release()
+            self._done()
+            raise
+        if not held:
+            s.lock.release()
+            self._done()
+            return None
+
+        def end() -> None:
+            channel.unhold()
+            s.lock.release()
+            self._done()
+
+        return NowRun(channel, s, steps, _monotonic() + ceiling, held, self, end)
 
     def cancel(self) -> None:
         """End this handle's calls in flight in other threads (as PC/SC's SCardCancel).

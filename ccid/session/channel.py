@@ -22,6 +22,7 @@ import logging
 import os
 import threading
 import time
+from functools import partial
 from typing import Any, Final, Protocol
 
 from ccid import trace as _trace
@@ -85,6 +86,13 @@ def _write_timeout(wait: float, left: float) -> float:
 def _reply_wait(left: float) -> float:
     """The part of ``left`` seconds a reply may take, leaving the abort its share."""
     return left - min(ABORT_WAIT, ABORT_SHARE * left)
+
+
+def _block_wait(base: float, bwi: int, left: float) -> float:
+    """The wait for one block's reply: the slot's wait (times a T=1 WTX multiplier
+    ``bwi``), cut to leave the abort its share of the ``left`` seconds."""
+    wait = base * bwi if bwi > 1 else base
+    return wait if wait <= left * _WAIT_SHARE else _reply_wait(left)
 
 
 class LeftChain(Exception):
@@ -630,9 +638,7 @@ class Channel:
         if left <= 0:
             raise ReaderTimeoutError("the call's time ceiling was reached", reader=self.name,
                                      slot=s.index)
-        wait = s.wait * bwi if bwi > 1 else s.wait
-        if wait > left * _WAIT_SHARE:
-            wait = _reply_wait(left)
+        wait = _block_wait(s.wait, bwi, left)
         transport = self._lean(held)
         if transport is not None:
             # The per-block path of chunked exchanges: write, one read, one reply check.
@@ -697,20 +703,27 @@ class Channel:
             self.lost()
             raise
 
-    def pump(self, s: SlotState, chain: Any, frame: bytes, deadline: float, held: bool
-             ) -> bytes:
+    def pump(self, s: SlotState, chain: Any, frame: bytes, deadline: float, held: bool,
+             resume: tuple[Any, float, float] | None = None) -> bytes:
         """Drive a :class:`ccid.framing.Chain` from its first ``frame`` to its end; returns
         the response, or raises.
 
         One framing call per reply checks it and builds the next frame. A successful reply
         the chain does not expect (T=1 error recovery, S-blocks, a chaining fault) ends the
         pump with :class:`LeftChain` carrying it; the chain's fields say where it stopped.
+        ``resume``: ``frame`` was written already by :meth:`pump_now`, which made the read
+        (its bytes or exception; None: not made), with this wait and time left.
         """
         next_seq = self.engine.next_seq
         step = chain.step
         transport = self._lean(held)
         while True:
-            if transport is None:
+            if resume is not None:
+                got, wait, left = resume
+                resume = None
+                reply = self._settle(s.index, chain.seq, frame, got, wait, deadline, left)
+                transport = self._lean(held)
+            elif transport is None:
                 reply = self._exchange(s, chain.seq, frame, deadline, 0, held)
             else:
                 # The lean loop: the reader is held, so nobody else closes it, forks from
@@ -719,7 +732,7 @@ class Channel:
                 if left <= 0:
                     raise ReaderTimeoutError("the call's time ceiling was reached",
                                              reader=self.name, slot=s.index)
-                wait = s.wait if s.wait < left * _WAIT_SHARE else _reply_wait(left)
+                wait = _block_wait(s.wait, 0, left)
                 got = self._write_read(transport, frame, wait, left)
                 if type(got) is bytes:
                     following = step(next_seq(), got)
@@ -741,6 +754,79 @@ class Channel:
             else:
                 done: bytes = chain.response()
                 return done
+
+    # --- without waiting: the asyncio door's transfers --------------------------------------
+
+    def hold_now(self) -> bool:
+        """:meth:`hold` a one-busy-slot reader if it is free now; False otherwise."""
+        return self.serial and self.busy.acquire(False)
+
+    def _write_now(self, transport: UsbTransport, frame: bytes, left: float, wait: float
+                   ) -> bool:
+        """Write ``frame`` if it goes at once and its reply is there to read at once."""
+        try:
+            self.wire.write(transport, frame, _write_timeout(wait, left))
+        except ReaderRemovedError:
+            self.lost()
+            raise
+        return transport.ready(True)
+
+    def xfr_now(self, s: SlotState, data: bytes, deadline: float, bwi: int, level: int,
+                held: bool) -> Any:
+        """:meth:`xfr` as far as it goes without waiting: the DataBlock frame, or a
+        callable that finishes the exchange from where this stopped (in a thread that may
+        block). Only the clean case runs here (a held reader whose backend says a transfer
+        would not wait, one whole successful reply); time extensions, failures, timeouts and
+        aborts are the general path's, in that callable."""
+        seq, frame = self.engine.xfr_frame(s.index, data, bwi, level)
+        transport = self._lean(held)
+        left = deadline - _monotonic()
+        if transport is None or left <= 0 or not transport.ready(False):
+            return partial(self._exchange, s, seq, frame, deadline, bwi, held)
+        wait = _block_wait(s.wait, bwi, left)
+        if not self._write_now(transport, frame, left, wait):
+            return partial(self._settle, s.index, seq, frame, None, wait, deadline, left)
+        try:
+            got: Any = self.wire.read_sliced(transport, wait)
+        except CCIDError as exc:
+            got = exc
+        if type(got) is bytes and not _reply_code(
+                got, len(got), _DATA_BLOCK, s.index, seq,
+                self.engine.max_message_length) & 0xC0FF:
+            if _trace.enabled:
+                transport.trace_in(got)
+            return got
+        return partial(self._settle, s.index, seq, frame, got, wait, deadline, left)
+
+    def pump_now(self, s: SlotState, chain: Any, frame: bytes, deadline: float, held: bool
+                 ) -> Any:
+        """:meth:`pump` as far as it goes without waiting: the response, or a callable
+        that goes on from where this stopped (see :meth:`xfr_now`)."""
+        next_seq = self.engine.next_seq
+        step = chain.step
+        transport = self._lean(held)
+        while True:
+            left = deadline - _monotonic()
+            if transport is None or left <= 0 or not transport.ready(False):
+                return partial(self.pump, s, chain, frame, deadline, held)
+            wait = _block_wait(s.wait, 0, left)
+            if not self._write_now(transport, frame, left, wait):
+                return partial(self.pump, s, chain, frame, deadline, held, (None, wait, left))
+            try:
+                got: Any = self.wire.read_sliced(transport, wait)
+            except CCIDError as exc:
+                got = exc
+            if type(got) is bytes:
+                following = step(next_seq(), got)
+                if following is not None:
+                    if _trace.enabled:
+                        transport.trace_in(got)
+                    if not following:
+                        response: bytes = chain.response()
+                        return response
+                    frame = following
+                    continue
+            return partial(self.pump, s, chain, frame, deadline, held, (got, wait, left))
 
     # --- abort and drain ------------------------------------------------------------------
 

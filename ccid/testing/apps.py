@@ -146,6 +146,11 @@ class Application:
 
     aid: bytes | None = None
     commands: ClassVar[dict[int, Handler]] = {}
+    #: ``process`` returns without waiting for anything (the built-in applications). The
+    #: virtual reader runs a card's application inside the host's bulk-OUT write, so only
+    #: then may it tell ``ccid.aio`` that such a write will not block the event loop.
+    #: False by default: an application of yours may wait, e.g. for a test's signal.
+    instant: bool = False
 
     def process(self, apdu: bytes) -> bytes:
         """Whole APDU in, response out; malformed APDUs get their SW, never an exception."""
@@ -200,6 +205,8 @@ def as_application(app: AppLike) -> Application:
 class Echo(Application):
     """``80 10``: echo the command data; ``80 12``: Ne bytes counting 00 01 02 …"""
 
+    instant = True
+
     def handle(self, cmd: APDU) -> bytes:
         if cmd.cla != 0x80 or cmd.ins not in (0x10, 0x12):
             return response(sw=0x6D00 if cmd.cla == 0x80 else 0x6E00)
@@ -217,6 +224,8 @@ class Echo(Application):
 
 class TestApplet(Application):
     """Selectable applet: ``80 34 00 P2`` returns the bytes 00 .. P2-1."""
+
+    instant = True
 
     __test__ = False  # not a pytest class
     aid = bytes.fromhex("A00000001" "8FF")
@@ -317,6 +326,8 @@ def default_tree() -> DF:
 
 class FileSystem(Application):
     """SELECT, READ/UPDATE BINARY, GET CHALLENGE and VERIFY over a DF tree."""
+
+    instant = True
 
     def __init__(self, root: DF | None = None, pins: dict[int, PIN] | None = None,
                  seed: int | None = None) -> None:
@@ -477,6 +488,7 @@ class CardOS(Application):
 
     def __init__(self, apps: list[AppLike], unselected_sw: int = 0x6985) -> None:
         self.apps = [as_application(a) for a in apps]
+        self.instant = all(app.instant for app in self.apps)
         self.unselected_sw = unselected_sw
         self.selected: Application | None = None
 

@@ -623,6 +623,35 @@ class VirtualBackend(usb.backend.IBackend):  # type: ignore[misc]
                   timeout: int) -> int:
         return self._read(dev_handle, ep, "in", buff, timeout)
 
+    def transfer_ready(self, dev_handle: _Handle, ep: int) -> bool:
+        """Whether a bulk transfer on ``ep`` would end now, without waiting: OUT when the
+        reader is not wedged and answers inside the write at once
+        (``VirtualReader.answers_at_once``), IN when a whole transfer is queued (or the
+        endpoint is halted, which fails at once). An optional backend call; the transport
+        asks it so that ``ccid.aio`` can make such transfers on the event loop's thread."""
+        try:
+            dev = self._alive(dev_handle)
+        except usb.core.USBError:
+            return True  # the transfer fails at once (no device)
+        entry = dev.endpoints.get(ep)
+        if entry is None:
+            return True
+        reader, kind = entry
+        with reader.cv:
+            if kind == "out":
+                return not reader.wedged and reader.answers_at_once()
+            if kind != "in" or reader.halted_in:
+                return True
+            reader.release_due()
+            queue = reader.bulk_in
+            if not queue:
+                return False
+            if self.keeps_partial_reads:
+                return True
+            # libusb rules: the transfer ends at a short packet (or a full buffer).
+            mps = reader.bulk_packet_size
+            return any(len(packet) < mps for packet in queue)
+
     def wake_reads(self) -> None:
         """End every interrupt read in progress as a timeout, as if its time were up.
 

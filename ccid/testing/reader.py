@@ -654,6 +654,17 @@ class VirtualReader:
 
     # --- bulk-IN side -----------------------------------------------------------------
 
+    def answers_at_once(self) -> bool:
+        """An XfrBlock written now is answered without waiting inside the write: no
+        ``responder`` and no card application that may wait (``Application.instant``)."""
+        if self.responder is not None:
+            return False
+        for s in self.slots:
+            card = s.card
+            if card is not None and not card.app.instant:
+                return False
+        return True
+
     def next_due(self) -> float | None:
         """When the next scheduled reply becomes readable (None: nothing scheduled)."""
         for p in self._pending:

@@ -235,6 +235,12 @@ class IccdTransport(UsbTransport):
         self._job = job
 
     @property
+    def pollable(self) -> bool:
+        """Control transfers: whether one would wait is not known (``ccid.aio`` runs each
+        call in a worker thread)."""
+        return False
+
+    @property
     def keeps_partial_reads(self) -> bool:
         """Replies are built whole from control transfers: a timeout loses nothing."""
         return True

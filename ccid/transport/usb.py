@@ -551,6 +551,28 @@ class UsbTransport:
         ctx = getattr(self._dev, "_ctx", None)
         return bool(getattr(getattr(ctx, "backend", None), "keeps_partial_reads", False))
 
+    def _ready_hook(self) -> Any:
+        ctx = getattr(self._dev, "_ctx", None)
+        return getattr(getattr(ctx, "backend", None), "transfer_ready", None)
+
+    @property
+    def pollable(self) -> bool:
+        """The backend can say whether a bulk transfer would wait (an optional
+        ``transfer_ready(handle, endpoint)``; the virtual backend has it, libusb through
+        pyusb has not): ``ccid.aio`` then makes the transfers that would not wait on the
+        event loop's thread instead of handing them to a worker thread."""
+        return self._ready_hook() is not None
+
+    def ready(self, inbound: bool) -> bool:
+        """Whether a bulk-IN (``inbound``) or bulk-OUT transfer would end without waiting;
+        False when the backend cannot tell."""
+        hook = self._ready_hook()
+        ctx = getattr(self._dev, "_ctx", None)
+        handle = getattr(ctx, "handle", None)
+        if hook is None or handle is None:
+            return False
+        return bool(hook(handle, self._bulk_in if inbound else self._bulk_out))
+
     def read_packet(self, timeout: float) -> bytes:
         """One bulk-IN transfer of at most one packet: a timeout can lose nothing."""
         dev = self._device()
