@@ -140,7 +140,8 @@ class Card:
         refuse at once in the transaction's own thread (it could only wait for itself).
         """
         s = self._s
-        self._refuse_own_transaction(threading.get_ident())
+        if s.owner is not None:
+            self._refuse_own_transaction(threading.get_ident())
         with self._calls_lock:
             self._calls += 1
         tls = self._rooms.channel.tls
@@ -289,7 +290,8 @@ class Card:
         try:
             self._check()
             try:
-                return self._rooms.exchange.transmit(self._s, apdu, ceiling, raw)
+                exchange = self._rooms.exchange
+                return exchange.run(self._s, exchange.steps(self._s, apdu, raw), ceiling)
             except CCIDError as exc:
                 failure = self.exchange_failure(exc)
                 if failure is exc:
@@ -338,7 +340,8 @@ class Card:
                 not transport.pollable:
             return None
         s = self._s
-        self._refuse_own_transaction(threading.get_ident())
+        if s.owner is not None:
+            self._refuse_own_transaction(threading.get_ident())
         # Another call of this thread (another task) may hold the slot's re-entrant lock:
         # the reader's hold below, a plain lock, is what keeps it out then.
         if not s.lock.acquire(False):

@@ -623,7 +623,7 @@ class Channel:
 
     # --- the fast path --------------------------------------------------------------------
 
-    def xfr(self, s: SlotState, data: bytes, deadline: float, *, bwi: int = 0,
+    def xfr(self, s: SlotState, data: bytes, deadline: float, bwi: int = 0,
             level: int = 0, held: bool = False) -> bytes:
         """One XfrBlock; returns its successful DataBlock whole (bChainParameter at [9],
         abData from [10]): no Reply object on the per-block path. ``held``: the caller

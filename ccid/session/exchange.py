@@ -12,9 +12,9 @@ here (:meth:`Exchange.run`) and under ``ccid.aio``'s runner on the event loop. A
 one of
 
 * ``(XFR, data, bwi, level)``: one XfrBlock; the reply is its DataBlock frame, whole;
-* ``(PUMP, chain, frame)``: drive a :class:`ccid.framing.Chain` from its first frame; the
+* ``(PUMP, chain, frame, None)``: drive a :class:`ccid.framing.Chain` from its first frame; the
   reply is the response, or :class:`~ccid.session.channel.LeftChain` is thrown in;
-* ``(RECOVER,)``: drop whatever the reader still sends (after a mismatched reply).
+* ``(RECOVER, None, None, None)``: drop whatever the reader still sends (after a mismatched reply).
 
 A one-busy-slot reader is held by the runner for the whole APDU (another slot's command
 cannot slip in between).
@@ -40,8 +40,9 @@ __all__ = [
     "character_level",
 ]
 
-#: A driver: yields requests (see the module docstring), returns the response.
-Steps = Generator[tuple[Any, ...], Any, bytes]
+#: A driver: yields requests (see the module docstring), returns the response. Every
+#: request is a 4-tuple, so that a runner unpacks it in one step.
+Steps = Generator[tuple[int, Any, Any, Any], Any, bytes]
 
 XFR: Final = 0
 PUMP: Final = 1
@@ -98,23 +99,22 @@ class Exchange:
         try:
             xfr = channel.xfr
             send = steps.send
-            request = next(steps)
+            kind, a, b, c = next(steps)
             while True:
                 try:
-                    if request[0] == XFR:
-                        got = xfr(s, request[1], deadline, bwi=request[2], level=request[3],
-                                  held=held)
-                    elif request[0] == PUMP:
-                        got = channel.pump(s, request[1], request[2], deadline, held)
+                    if kind == XFR:
+                        got = xfr(s, a, deadline, b, c, held)
+                    elif kind == PUMP:
+                        got = channel.pump(s, a, b, deadline, held)
                     else:
                         channel.recover()
                         got = None
                 except BaseException as exc:
                     # The driver decides: T=1 recovers from a mute card, a chain goes on
                     # after the piece that left it; anything else comes back out.
-                    request = steps.throw(exc)
+                    kind, a, b, c = steps.throw(exc)
                 else:
-                    request = send(got)
+                    kind, a, b, c = send(got)
         except StopIteration as end:
             response: bytes = end.value
             return response
@@ -176,7 +176,7 @@ class Exchange:
                 first = chain.first(engine.next_seq(), apdu, ns=t1.ns, nr=t1.nr,
                                     chunk=t1.ifsc, ifsd=t1.ifsd)
                 try:
-                    response = yield (PUMP, chain, first)
+                    response = yield (PUMP, chain, first, None)
                 except LeftChain as left:
                     t1.resume(chain.phase, chain.ns, chain.nr, chain.offset, chain.sent,
                               chain.response())
@@ -235,13 +235,13 @@ class Exchange:
                 max_length=self.channel.engine.max_message_length,
                 resp_cap=CHAINED_RESPONSE_LIMIT)
         try:
-            response: bytes = yield (PUMP, chain, chain.first(self.channel.engine.next_seq(),
-                                                              apdu))
+            first = chain.first(self.channel.engine.next_seq(), apdu)
+            response: bytes = yield (PUMP, chain, first, None)
             return response
         except LeftChain as left:
             frame = left.reply
         if chain.phase == 0:
-            yield (RECOVER,)
+            yield (RECOVER, None, None, None)
             raise ProtocolError(
                 f"reader answered bChainParameter 0x{frame[9]:02X} to a command "
                 "piece instead of asking for the next one (0x10)", reader=self.name,
@@ -289,7 +289,7 @@ class NowRun:
         #: Called once when the run is over (releases the reader and the slot).
         self.end = end
 
-    def io(self, request: tuple[Any, ...]) -> Any:
+    def io(self, request: tuple[int, Any, Any, Any]) -> Any:
         """The reply to ``request`` (bytes), or a callable that gets it (see above)."""
         kind = request[0]
         if kind == XFR:

@@ -336,6 +336,8 @@ class UsbTransport:
         self._view = memoryview(self._buffer)
         self._buffer_lock = threading.Lock()
         self.read_size = wanted
+        self._keeps_partial: bool | None = None
+        self._ready: Any = False
 
     @property
     def read_size(self) -> int:
@@ -548,12 +550,20 @@ class UsbTransport:
         """A read that times out hands back the packets that came (the virtual backend);
         libusb through pyusb loses them, so a read that may time out must not span two
         packets of one frame (see ``Wire.read_sliced``)."""
-        ctx = getattr(self._dev, "_ctx", None)
-        return bool(getattr(getattr(ctx, "backend", None), "keeps_partial_reads", False))
+        keeps = self._keeps_partial
+        if keeps is None:  # asked on every read: the backend does not change, look once
+            ctx = getattr(self._dev, "_ctx", None)
+            keeps = self._keeps_partial = bool(
+                getattr(getattr(ctx, "backend", None), "keeps_partial_reads", False))
+        return keeps
 
     def _ready_hook(self) -> Any:
-        ctx = getattr(self._dev, "_ctx", None)
-        return getattr(getattr(ctx, "backend", None), "transfer_ready", None)
+        hook = self._ready
+        if hook is False:  # asked per transfer: the backend does not change, look once
+            ctx = getattr(self._dev, "_ctx", None)
+            hook = self._ready = getattr(getattr(ctx, "backend", None), "transfer_ready",
+                                         None)
+        return hook
 
     @property
     def pollable(self) -> bool:
