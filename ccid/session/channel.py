@@ -1,7 +1,7 @@
 """The command channel: every CCID command of a reader goes out and comes back here.
 
 It owns the transport, frame assembly, the bSeq counter (the engine), the reply mailbox
-for readers that run several slots at once, abort, drain and the stall retry. Two paths:
+for readers that run several slots at once, abort, drain and the stall retry. Three paths:
 
 * the **general path**, :meth:`Channel.command`: any command, its reply checked by the
   engine, with time extensions, stale frames, replies in several transfers, other slots'
@@ -9,7 +9,11 @@ for readers that run several slots at once, abort, drain and the stall retry. Tw
 * the **fast path**, :meth:`Channel.xfr` / :meth:`Channel.pump`: XfrBlocks of one APDU
   exchange while the caller holds a one-busy-slot reader (:meth:`Channel.hold`): write,
   one read, one reply check in C (``framing.reply_code`` / ``framing.Chain``). Anything
-  unexpected in a reply hands over to the general path from the read already made.
+  unexpected in a reply hands over to the general path from the read already made;
+* the **no-wait path**, :meth:`Channel.xfr_now` / :meth:`Channel.pump_now`, for
+  ``ccid.aio`` on its event loop: the fast path's transfers, made only when the backend
+  says they will not wait; anything else is handed back as a callable that goes on through
+  the other two paths in a thread that may block.
 
 Whether the channel may be used at all is one check, :meth:`Channel.live`: open, not
 unplugged, this process's (a fork child never touches its parent's handle).
@@ -367,7 +371,13 @@ class Wire:
 
 
 class Channel:
-    """One reader's command channel (see the module docstring)."""
+    """One reader's command channel (see the module docstring).
+
+    Over 500 lines on purpose: the general path, the fast path and the no-wait path of the
+    asyncio door are three ways through the same per-frame steps (``_lean``, ``_settle``,
+    ``_write_read``, the abort) and their invariants (who holds the reader, what a partial
+    frame means); split into classes they would reach into each other's private steps.
+    """
 
     def __init__(self, name: str, slot_count: int) -> None:
         self.name = name
