@@ -10,8 +10,10 @@ wrote the command.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -21,7 +23,7 @@ import ccid.aio
 from ccid import trace as _trace
 from ccid.constants import MessageType
 from ccid.errors import ReaderRemovedError, ReaderTimeoutError
-from ccid.testing import VirtualBackend, VirtualCard, VirtualDevice
+from ccid.testing import VirtualBackend, VirtualCard, VirtualDevice, VirtualReader
 from ccid.testing import faults as F
 from ccid.testing.apps import APDU, Application, response
 from ccid.testing.presets import preset_reader
@@ -56,6 +58,16 @@ def run(coro: Any) -> Any:
     return asyncio.run(asyncio.wait_for(coro, 60))
 
 
+@contextlib.asynccontextmanager
+async def aio_card(vr: VirtualReader, backend: Any = None) -> AsyncIterator[ccid.aio.Card]:
+    """An asyncio handle on the card in slot 0 of ``vr`` (its own backend by default)."""
+    if backend is None:
+        backend = VirtualBackend(VirtualDevice(vr))
+    async with await ccid.aio.open_reader(backend=backend, events=False) as reader, \
+            reader.connect() as card:
+        yield card
+
+
 # The four exchange levels: T=0 and T=1 at TPDU level, short and extended APDU level. The
 # sizes make T=1 chain both ways (IFSC 32 on the preset's card), T=0 take GET RESPONSE, and
 # the extended reader chain its command (dwMaxCCIDMessageLength 271).
@@ -77,8 +89,7 @@ def test_apdus_run_on_the_loop_thread(preset: str, protocols: tuple[int, ...],
     backend = VirtualBackend(VirtualDevice(vr), libusb_transfers=libusb)
 
     async def scenario() -> str:
-        async with await ccid.aio.open_reader(backend=backend, events=False) as reader, \
-                reader.connect() as card:
+        async with aio_card(vr, backend) as card:
             for n in sizes:
                 apdu, expected = echo(n)
                 assert await card.transmit(apdu) == expected
@@ -104,9 +115,7 @@ def test_a_late_reply_is_awaited_in_the_worker_and_the_loop_runs_meanwhile() -> 
                 await asyncio.sleep(0.005)
                 ticks += 1
 
-        async with await ccid.aio.open_reader(backend=VirtualBackend(VirtualDevice(vr)),
-                                              events=False) as reader, \
-                reader.connect() as card:
+        async with aio_card(vr) as card:
             task = asyncio.create_task(ticker())
             ticks = 0
             apdu, expected = echo(100)
@@ -124,9 +133,7 @@ def test_an_application_that_may_wait_runs_in_the_worker_thread() -> None:
     vr = preset_reader("extended-apdu", card=VirtualCard(app=app))
 
     async def scenario() -> str:
-        async with await ccid.aio.open_reader(backend=VirtualBackend(VirtualDevice(vr)),
-                                              events=False) as reader, \
-                reader.connect() as card:
+        async with aio_card(vr) as card:
             apdu, expected = echo(10)
             assert await card.transmit(apdu) == expected
         return threading.current_thread().name
@@ -146,9 +153,7 @@ def test_a_backend_that_cannot_tell_gets_whole_calls_in_the_worker() -> None:
     vr = preset_reader("gemalto-pc-twin", card=VirtualCard(app=app, protocols=(1,)))
 
     async def scenario() -> str:
-        async with await ccid.aio.open_reader(backend=BlindBackend(VirtualDevice(vr)),
-                                              events=False) as reader, \
-                reader.connect() as card:
+        async with aio_card(vr, BlindBackend(VirtualDevice(vr))) as card:
             for n in (3, 1000):
                 apdu, expected = echo(n)
                 assert await card.transmit(apdu) == expected
@@ -165,9 +170,7 @@ def test_tracing_runs_the_call_in_the_worker_and_records_it() -> None:
     captured: list[Any] = []
 
     async def scenario() -> str:
-        async with await ccid.aio.open_reader(backend=VirtualBackend(VirtualDevice(vr)),
-                                              events=False) as reader, \
-                reader.connect() as card:
+        async with aio_card(vr) as card:
             with _trace.capture() as records:
                 apdu, expected = echo(5)
                 assert await card.transmit(apdu) == expected
@@ -183,49 +186,35 @@ def test_tracing_runs_the_call_in_the_worker_and_records_it() -> None:
 XFR = frozenset({MessageType.PC_to_RDR_XfrBlock})
 
 
-def test_timeout_on_the_loop_path_aborts_and_the_handle_stays_usable() -> None:
+@pytest.mark.parametrize("ending", ["timeout", "cancel"])
+@pytest.mark.parametrize("preset", ["gemalto-pc-twin", "extended-apdu"])
+def test_a_call_ended_on_the_way_aborts_and_the_handle_stays_usable(
+        ending: str, preset: str) -> None:
+    # The command is written from the loop; its reply never comes, so the worker waits
+    # for it until the call's timeout, or until the task is cancelled: either way the
+    # command is aborted (the XfrBlock, then PC_to_RDR_Abort) and the next APDU works.
     app = WhereEcho()
-    vr = preset_reader("gemalto-pc-twin", card=VirtualCard(app=app, protocols=(1,)))
+    vr = preset_reader(preset, card=VirtualCard(app=app, protocols=(1,)))
 
     async def scenario() -> None:
-        async with await ccid.aio.open_reader(backend=VirtualBackend(VirtualDevice(vr)),
-                                              events=False) as reader, \
-                reader.connect() as card:
+        async with aio_card(vr) as card:
             apdu, expected = echo(4)
             assert await card.transmit(apdu) == expected
             vr.inject(F.NoAnswer(commands=XFR))
             seen = vr.commands_seen
-            started = time.monotonic()
-            with pytest.raises(ReaderTimeoutError, match="aborted"):
-                await card.transmit(apdu, timeout=0.3)
-            assert time.monotonic() - started < 0.3 + 0.25
-            # the XfrBlock, then PC_to_RDR_Abort (after the ABORT class request)
-            assert vr.commands_seen >= seen + 2
-            vr.clear_faults()
-            assert await card.transmit(apdu) == expected
-        assert set(app.threads) == {threading.current_thread().name}
-
-    run(scenario())
-
-
-def test_cancelling_while_the_worker_waits_aborts_and_the_handle_stays_usable() -> None:
-    app = WhereEcho()
-    vr = preset_reader("extended-apdu", card=VirtualCard(app=app))
-
-    async def scenario() -> None:
-        async with await ccid.aio.open_reader(backend=VirtualBackend(VirtualDevice(vr)),
-                                              events=False) as reader, \
-                reader.connect() as card:
-            vr.inject(F.NoAnswer(commands=XFR))
-            seen = vr.commands_seen
-            apdu, expected = echo(4)
-            task = asyncio.create_task(card.transmit(apdu, timeout=20))
-            await asyncio.sleep(0.2)
-            task.cancel()
-            started = time.monotonic()
-            with pytest.raises(asyncio.CancelledError):
-                await task
-            assert time.monotonic() - started < 2.0
+            if ending == "timeout":
+                started = time.monotonic()
+                with pytest.raises(ReaderTimeoutError, match="aborted"):
+                    await card.transmit(apdu, timeout=0.3)
+                assert time.monotonic() - started < 0.3 + 0.25
+            else:
+                task = asyncio.create_task(card.transmit(apdu, timeout=20))
+                await asyncio.sleep(0.2)
+                task.cancel()
+                started = time.monotonic()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+                assert time.monotonic() - started < 2.0
             assert vr.commands_seen >= seen + 2
             vr.clear_faults()
             assert await card.transmit(apdu) == expected
@@ -263,9 +252,8 @@ def test_blocking_and_aio_handles_share_a_slot_across_threads() -> None:
     errors: list[BaseException] = []
 
     async def scenario() -> None:
-        async with await ccid.aio.open_reader(backend=backend, events=False) as reader, \
-                reader.connect() as card:
-            blocking = reader.blocking.connect()
+        async with aio_card(vr, backend) as card:
+            blocking = card.reader.blocking.connect()
 
             def hammer() -> None:
                 try:
@@ -294,9 +282,7 @@ def test_an_unplugged_reader_on_the_loop_path() -> None:
     vr = preset_reader("extended-apdu", card=VirtualCard(app=WhereEcho()))
 
     async def scenario() -> None:
-        async with await ccid.aio.open_reader(backend=VirtualBackend(VirtualDevice(vr)),
-                                              events=False) as reader, \
-                reader.connect() as card:
+        async with aio_card(vr) as card:
             apdu, expected = echo(3)
             assert await card.transmit(apdu) == expected
             vr.inject(F.Unplug(commands=XFR, stage="reply"))

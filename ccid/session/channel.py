@@ -676,14 +676,17 @@ class Channel:
         return reply
 
     def _write_read(self, transport: UsbTransport, frame: bytes, wait: float,
-                    left: float) -> Any:
+                    left: float, nowait: bool = False) -> Any:
         """Write ``frame``, then make one read: its bytes, or the exception it raised
-        (returned: :meth:`_settle` goes on from it). A failed write raises."""
+        (returned: :meth:`_settle` goes on from it). A failed write raises. ``nowait``:
+        only read when the backend says the reply is there; else None (no read made)."""
         try:
             self.wire.write(transport, frame, _write_timeout(wait, left))
         except ReaderRemovedError:
             self.lost()
             raise
+        if nowait and not transport.ready(True):
+            return None
         try:
             return self.wire.read_sliced(transport, wait)
         except CCIDError as exc:
@@ -714,15 +717,17 @@ class Channel:
             raise
 
     def pump(self, s: SlotState, chain: Any, frame: bytes, deadline: float, held: bool,
-             resume: tuple[Any, float, float] | None = None) -> bytes:
+             resume: tuple[Any, float, float] | None = None, nowait: bool = False) -> Any:
         """Drive a :class:`ccid.framing.Chain` from its first ``frame`` to its end; returns
         the response, or raises.
 
         One framing call per reply checks it and builds the next frame. A successful reply
         the chain does not expect (T=1 error recovery, S-blocks, a chaining fault) ends the
         pump with :class:`LeftChain` carrying it; the chain's fields say where it stopped.
-        ``resume``: ``frame`` was written already by :meth:`pump_now`, which made the read
-        (its bytes or exception; None: not made), with this wait and time left.
+        ``nowait`` (:meth:`pump_now`): make only the transfers the backend says will not
+        wait, and return a callable that goes on from anything else. ``resume``: ``frame``
+        was written already by such a call, which made the read (its bytes or exception;
+        None: not made), with this wait and time left.
         """
         next_seq = self.engine.next_seq
         step = chain.step
@@ -733,7 +738,9 @@ class Channel:
                 resume = None
                 reply = self._settle(s.index, chain.seq, frame, got, wait, deadline, left)
                 transport = self._lean(held)
-            elif transport is None:
+            elif transport is None or (nowait and not transport.ready(False)):
+                if nowait:
+                    return partial(self.pump, s, chain, frame, deadline, held)
                 reply = self._exchange(s, chain.seq, frame, deadline, 0, held)
             else:
                 # The lean loop: the reader is held, so nobody else closes it, forks from
@@ -743,17 +750,18 @@ class Channel:
                     raise ReaderTimeoutError("the call's time ceiling was reached",
                                              reader=self.name, slot=s.index)
                 wait = _block_wait(s.wait, 0, left)
-                got = self._write_read(transport, frame, wait, left)
+                got = self._write_read(transport, frame, wait, left, nowait)
                 if type(got) is bytes:
                     following = step(next_seq(), got)
                     if following is not None:
                         if _trace.enabled:
                             transport.trace_in(got)
                         if not following:
-                            response: bytes = chain.response()
-                            return response
+                            return chain.response()
                         frame = following
                         continue
+                if nowait:
+                    return partial(self.pump, s, chain, frame, deadline, held, (got, wait, left))
                 reply = self._settle(s.index, chain.seq, frame, got, wait, deadline, left)
                 transport = self._lean(held)
             following = step(next_seq(), reply)
@@ -762,24 +770,13 @@ class Channel:
             elif following is None:
                 raise LeftChain(reply)
             else:
-                done: bytes = chain.response()
-                return done
+                return chain.response()
 
     # --- without waiting: the asyncio door's transfers --------------------------------------
 
     def hold_now(self) -> bool:
         """:meth:`hold` a one-busy-slot reader if it is free now; False otherwise."""
         return self.serial and self.busy.acquire(False)
-
-    def _write_now(self, transport: UsbTransport, frame: bytes, left: float, wait: float
-                   ) -> bool:
-        """Write ``frame`` if it goes at once and its reply is there to read at once."""
-        try:
-            self.wire.write(transport, frame, _write_timeout(wait, left))
-        except ReaderRemovedError:
-            self.lost()
-            raise
-        return transport.ready(True)
 
     def xfr_now(self, s: SlotState, data: bytes, deadline: float, bwi: int, level: int,
                 held: bool) -> Any:
@@ -794,12 +791,7 @@ class Channel:
         if transport is None or left <= 0 or not transport.ready(False):
             return partial(self._exchange, s, seq, frame, deadline, bwi, held)
         wait = _block_wait(s.wait, bwi, left)
-        if not self._write_now(transport, frame, left, wait):
-            return partial(self._settle, s.index, seq, frame, None, wait, deadline, left)
-        try:
-            got: Any = self.wire.read_sliced(transport, wait)
-        except CCIDError as exc:
-            got = exc
+        got = self._write_read(transport, frame, wait, left, True)
         if type(got) is bytes and not _reply_code(
                 got, len(got), _DATA_BLOCK, s.index, seq,
                 self.engine.max_message_length) & 0xC0FF:
@@ -812,31 +804,7 @@ class Channel:
                  ) -> Any:
         """:meth:`pump` as far as it goes without waiting: the response, or a callable
         that goes on from where this stopped (see :meth:`xfr_now`)."""
-        next_seq = self.engine.next_seq
-        step = chain.step
-        transport = self._lean(held)
-        while True:
-            left = deadline - _monotonic()
-            if transport is None or left <= 0 or not transport.ready(False):
-                return partial(self.pump, s, chain, frame, deadline, held)
-            wait = _block_wait(s.wait, 0, left)
-            if not self._write_now(transport, frame, left, wait):
-                return partial(self.pump, s, chain, frame, deadline, held, (None, wait, left))
-            try:
-                got: Any = self.wire.read_sliced(transport, wait)
-            except CCIDError as exc:
-                got = exc
-            if type(got) is bytes:
-                following = step(next_seq(), got)
-                if following is not None:
-                    if _trace.enabled:
-                        transport.trace_in(got)
-                    if not following:
-                        response: bytes = chain.response()
-                        return response
-                    frame = following
-                    continue
-            return partial(self.pump, s, chain, frame, deadline, held, (got, wait, left))
+        return self.pump(s, chain, frame, deadline, held, None, True)
 
     # --- abort and drain ------------------------------------------------------------------
 
