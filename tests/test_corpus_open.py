@@ -133,10 +133,52 @@ def test_reader_own_pps_at_power_on_uses_the_card_protocol(descriptor_corpus: di
                                                             ) -> None:
     # miniLector AIR: TPDU, T=1 only, its own parameter negotiation (dwFeatures 0x40) but no
     # automatic configuration from the ATR: its PPS at power-on must ask for T=1, the card's
-    # only protocol, and leave the card at TA1 for the session's SetParameters to agree with.
+    # only protocol, and leave the card at TA1. The session, as libccid, sends that reader
+    # neither a PPS nor SetParameters.
     entry = next(e for e in descriptor_corpus["readers"]
                  if e["file"] == "bit4id_minilector-AIR.txt")
     device = VirtualDevice.from_descriptor_dump(entry)
     device.readers[0].insert(VirtualCard(protocols=(1,), fi_di=0x96))
-    assert _open_and_exchange(VirtualBackend(device), 0) == [b"\x90\x00",
-                                                             ECHO[5:] + b"\x90\x00"]
+    with trace.capture() as records:
+        assert _open_and_exchange(VirtualBackend(device), 0) == [b"\x90\x00",
+                                                                 ECHO[5:] + b"\x90\x00"]
+    sent = [r.data for r in records if r.direction == "->"]
+    assert not [f for f in sent if f[0] == 0x61], "SetParameters sent"
+    assert not [f for f in sent if f[0] == 0x6F and f[10:11] == b"\xff"], "PPS sent"
+
+
+def test_every_reader_that_negotiates_itself_gets_no_parameters(
+        descriptor_corpus: dict[str, Any]) -> None:
+    # Every corpus interface with dwFeatures 0x40 (AUTO_PPS_PROPRIETARY), with a card asking
+    # for a fast TA1: opened, connected, exchanging, and never sent SetParameters or a PPS.
+    seen = 0
+    failures: list[str] = []
+    for entry, index, protocol in _interfaces(descriptor_corpus):
+        dump = entry["interfaces"][index]
+        if not dump["dwFeatures"] & 0x40 or (entry["file"], index) in CHARACTER_LEVEL \
+                or (entry["file"], index) in REFUSED:
+            continue
+        device = VirtualDevice.from_descriptor_dump(entry)
+        reader = device.readers[index]
+        for slot in range(reader.slot_count):
+            reader.insert(VirtualCard(protocols=(protocol,), fi_di=0x96), slot)
+        backend = VirtualBackend(device)
+        info = next(i for i in ccid.list_readers(backend=backend)
+                    if i.interface == reader.interface_number)
+        where = f"{entry['file']} interface {index} T={protocol}"
+        with trace.capture() as records:
+            try:
+                answers = _open_and_exchange(backend, info)
+            except CCIDError as exc:
+                failures.append(f"{where}: {exc!r}")
+                continue
+        sent = [r.data for r in records if r.direction == "->"]
+        if answers != [b"\x90\x00", ECHO[5:] + b"\x90\x00"]:
+            failures.append(f"{where}: answers {answers}")
+        if [f for f in sent if f[0] == 0x61]:
+            failures.append(f"{where}: SetParameters sent")
+        if [f for f in sent if f[0] == 0x6F and f[10:11] == b"\xff"]:
+            failures.append(f"{where}: PPS sent")
+        seen += 1
+    assert not failures, "\n".join(failures)
+    assert seen >= 10

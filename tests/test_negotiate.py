@@ -261,6 +261,24 @@ def test_pps_only_when_needed_at_tpdu_level() -> None:
     assert plan.pps is None and plan.fi_di == 0x95
 
 
+def test_a_reader_that_negotiates_itself_gets_no_pps_and_no_set_parameters() -> None:
+    # dwFeatures AUTO_PPS_PROPRIETARY (0x40): libccid sends neither, in negotiable and in
+    # specific mode alike; AUTO_PPS_CURRENT (0x80) still gets SetParameters (it makes the
+    # PPS from them).
+    desc = _desc(dwFeatures=_desc().dwFeatures | Features.AUTO_PPS_PROPRIETARY)
+    fast = parse_atr(build_atr((1,), ta1=0x95, ifsc=254, bwi=4, cwi=5))
+    specific = parse_atr(build_atr((1,), ta1=0x95, specific=1, ifsc=254, bwi=4, cwi=5))
+    for atr in (fast, specific):
+        plan = plan_protocol(atr, desc, data_rates=(10753, 125000))
+        assert plan.by_reader and plan.pps is None and plan.fi_di is None
+        settings = plan_settings(atr, plan, desc, fi_di=plan.fi_di)
+        assert not settings.send_parameters
+    current = _desc(dwFeatures=_desc().dwFeatures | Features.AUTO_PPS_CURRENT)
+    plan = plan_protocol(fast, current, data_rates=(10753, 125000))
+    assert not plan.by_reader and plan.pps is None
+    assert plan_settings(fast, plan, current, fi_di=plan.fi_di).send_parameters
+
+
 def test_second_protocol_needs_pps_and_a_skip_quirk_refuses_it() -> None:
     class NoPPS:
         id = "no-pps"

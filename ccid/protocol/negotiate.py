@@ -52,7 +52,7 @@ CARD_WAIT_FLOOR: Final = 3.0
 DEFAULT_IFSD: Final = 32
 #: Clock assumed when the descriptor's dwDefaultClock is 0 (kHz).
 _FALLBACK_CLOCK_KHZ: Final = 4000
-_AUTO_PPS = Features.AUTO_PPS_PROPRIETARY | Features.AUTO_PPS_CURRENT
+_AUTO_PPS = Features.AUTO_PPS_CURRENT
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +70,9 @@ class ProtocolPlan:
     pps: bytes | None = None
     #: The Fi/Di that PPS proposes (for messages); None without PPS.
     pps_fi_di: int | None = None
+    #: The reader negotiates the parameters with the card itself (dwFeatures
+    #: AUTO_PPS_PROPRIETARY): it gets neither a PPS nor SetParameters.
+    by_reader: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +84,8 @@ class Settings:
     fi_di: int | None
     #: The SetParameters structure (abProtocolDataStructure).
     parameters: bytes
-    #: False when the reader configures itself from the ATR and no PPS changed anything.
+    #: False when the reader configures itself from the ATR and no PPS changed anything,
+    #: or negotiates the parameters itself.
     send_parameters: bool
     #: A failed SetParameters is only a warning (a quirk says the reader refuses it).
     tolerate_failure: bool
@@ -135,6 +139,11 @@ def plan_protocol(atr: ATR, descriptor: CCIDDescriptor, *, wanted: int | None = 
     its quirks) whose GET_DATA_RATES for ``slot`` gave ``data_rates``."""
     protocol = choose_protocol(atr, descriptor, wanted, reader=reader, slot=slot)
     clock = descriptor.dwDefaultClock or _FALLBACK_CLOCK_KHZ
+    if descriptor.dwFeatures & Features.AUTO_PPS_PROPRIETARY:
+        # "Automatic parameters negotiation made by the CCID" (CCID 5.1): the reader picks
+        # the parameters with its own algorithm. libccid sends it no PPS and no
+        # SetParameters (a Fi/Di of ours could contradict what the reader settled).
+        return ProtocolPlan(protocol, clock, None, by_reader=True)
     if atr.specific_mode:
         return ProtocolPlan(protocol, clock, None)  # the card already runs at its parameters
     max_rate = descriptor.dwMaxDataRate
@@ -156,7 +165,8 @@ def plan_protocol(atr: ATR, descriptor: CCIDDescriptor, *, wanted: int | None = 
             f"reader cannot send one (quirk {names}); connect with T={atr.first_protocol}",
             reader, slot)
     if auto_pps:
-        return ProtocolPlan(protocol, clock, best)  # the reader negotiates from SetParameters
+        # AUTO_PPS_CURRENT: the reader makes the PPS from the SetParameters it gets.
+        return ProtocolPlan(protocol, clock, best)
     needs_pps = protocol != atr.first_protocol or best != DEFAULT_FI_DI
     if skip or not tpdu or not needs_pps:
         return ProtocolPlan(protocol, clock, None)
@@ -210,7 +220,8 @@ def plan_settings(atr: ATR, plan: ProtocolPlan, descriptor: CCIDDescriptor, *,
         for quirk in _hooks(quirks, "adjust_bwi"):
             bwi = int(quirk.adjust_bwi(bwi, raw))
         structure[3] = (bwi << 4) | (structure[3] & 0x0F)
-    send = not descriptor.dwFeatures & Features.AUTO_CONF_ATR or fi_di is not None
+    send = not plan.by_reader and (
+        not descriptor.dwFeatures & Features.AUTO_CONF_ATR or fi_di is not None)
     tolerate = any(q.tolerate_set_parameters_failure()
                    for q in _hooks(quirks, "tolerate_set_parameters_failure"))
     extra = sum(float(q.extra_card_time(raw)) for q in _hooks(quirks, "extra_card_time"))

@@ -75,7 +75,10 @@ def power_on(reader: VirtualReader, s: SlotState, seq: int, frame: bytes,
     if info.specific and info.ta1 is not None:
         s.card_fidi = info.ta1  # specific mode: the card talks at TA1 at once
     feats = reader.features
-    if feats & Features.AUTO_CONF_ATR or reader.level >= ExchangeLevel.SHORT_APDU:
+    # A reader that negotiates by itself (AUTO_PPS_PROPRIETARY) gets no SetParameters from
+    # libccid, so it must configure itself from the ATR as AUTO_CONF_ATR readers do.
+    if feats & (Features.AUTO_CONF_ATR | Features.AUTO_PPS_PROPRIETARY) or \
+            reader.level >= ExchangeLevel.SHORT_APDU:
         protos = [p for p in info.protocols if p in card_protocols(s)]
         s.protocol = protos[0] if protos else 0
         if s.protocol == 1:
