@@ -43,8 +43,8 @@ what each --json output holds.
 log = logging.getLogger("ccid.cli")
 
 #: The subcommands with a --json output (the others refuse a global --json).
-JSON_COMMANDS = ("list", "parse", "dump-descriptor", "send", "atr", "supported", "trace",
-                 "virtual")
+JSON_COMMANDS = ("list", "scan", "parse", "dump-descriptor", "send", "atr", "supported",
+                 "trace", "virtual")
 
 EXIT_BUG = 70
 EXIT_INTERRUPTED = 130
@@ -549,53 +549,71 @@ def cmd_scan(args: argparse.Namespace) -> int:
     Each slot is a PC/SC reader: it is named, and numbered in the order readers appeared.
     Blocks on the event queue (the readers' interrupt endpoints, or polling where a reader
     has none); enumeration for reader hot-plug runs every half second.
+
+    ``--json`` prints JSON Lines instead of the text, one object per event, flushed at once;
+    ``time`` is Unix seconds, ``event`` one of:
+
+    - ``{"event": "reader_added", "time", "reader": str, "slots": [str]}``
+    - ``{"event": "reader_removed", "time", "reader": str}``
+    - ``{"event": "slot", "time", "reader": str, "slot": int, "name": str, "number": int,
+      "event_number": int, "state": "present" | "absent" | "unknown", "atr": hex | null,
+      "protocols": [int] | null, "error": str | null}``: ``number`` is the PC/SC reader
+      number (the text's "Reader N"); ``error`` says why a present card gave no ATR.
+    - ``{"event": "other", "time", "text": str}`` (e.g. a reader's hardware error).
     """
     import ccid
     from ccid.events import CardInserted, CardRemoved, ReaderAdded, ReaderRemoved
 
     backend = _backend(args)
     _schedule_simulation(args)
-    print("ccid scan (no pcscd); Ctrl-C to stop")
+    # in --json mode stdout holds only the JSON lines: the notes go to stderr
+    notes = sys.stderr if args.json else sys.stdout
+    if not args.json:
+        print("ccid scan (no pcscd); Ctrl-C to stop")
     opened: dict[str, Any] = {}
     scan = _ScanState()
     if not ccid.list_readers(backend=backend):
-        print("Waiting for the first reader... (or try --virtual gemalto-pc-twin)")
+        print("Waiting for the first reader... (or try --virtual gemalto-pc-twin)", file=notes)
     events = ccid.watch(backend=backend, interval=0.5, timeout=args.timeout, readers=opened)
     try:
         # Ctrl-C raises KeyboardInterrupt inside watch()'s blocking queue wait (lock waits
         # are interruptible), so an idle scan stops at once; `finally` releases the readers.
         for event in events:
             if isinstance(event, ReaderAdded):
-                print(f"{_stamp()}\n Reader added: {event.reader}")
                 reader = opened.get(event.reader)
                 names = _slot_names(event.info, reader)
+                _emit_scan(_ScanRecord("reader_added", {"reader": event.reader,
+                                                        "slots": list(names)},
+                                       (f" Reader added: {event.reader}",)), args.json)
                 scan.add(event.reader, names)
                 for slot in range(len(names)):
                     present = None
                     if reader is not None:
                         with contextlib.suppress(CCIDError):
                             present = reader.slot_status(slot) != ICCStatus.ABSENT
-                    scan.show(reader, event.reader, slot, present)
+                    _emit_scan(scan.show(reader, event.reader, slot, present), args.json)
                 if args.once:
                     break
             elif isinstance(event, ReaderRemoved):
-                print(f"{_stamp()}\n Reader removed: {event.reader}")
+                _emit_scan(_ScanRecord("reader_removed", {"reader": event.reader},
+                                       (f" Reader removed: {event.reader}",)), args.json)
                 scan.remove(event.reader)
             elif isinstance(event, (CardInserted, CardRemoved)):
                 reader = opened.get(event.reader)
-                scan.show(reader, event.reader, event.slot, isinstance(event, CardInserted))
+                _emit_scan(scan.show(reader, event.reader, event.slot,
+                                     isinstance(event, CardInserted)), args.json)
             else:
-                print(f"{_stamp()}\n Event: {event}")
-            sys.stdout.flush()
+                _emit_scan(_ScanRecord("other", {"text": str(event)}, (f" Event: {event}",)),
+                           args.json)
     except KeyboardInterrupt:
-        print("stopped")
+        print("stopped", file=notes)
     finally:
         events.close()
     return 0
 
 
-def _stamp() -> str:
-    return time.strftime("%a %b %d %H:%M:%S %Y")
+def _stamp(when: float | None = None) -> str:
+    return time.strftime("%a %b %d %H:%M:%S %Y", time.localtime(when))
 
 
 def _slot_names(info: Any, reader: Any) -> tuple[str, ...]:
@@ -606,8 +624,36 @@ def _slot_names(info: Any, reader: Any) -> tuple[str, ...]:
     return (str(getattr(info, "name", "reader")),)
 
 
+class _ScanRecord:
+    """One thing ``ccid scan`` reports: its JSON line's fields and its text lines (printed
+    after a time stamp), built together so that both outputs say the same."""
+
+    def __init__(self, event: str, fields: dict[str, Any], lines: Sequence[str],
+                 when: float | None = None) -> None:
+        self.event = event
+        self.time = time.time() if when is None else when
+        self.fields = fields
+        self.lines = tuple(lines)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"event": self.event, "time": self.time, **self.fields}
+
+
+def _emit_scan(record: _ScanRecord | None, as_json: bool) -> None:
+    if record is None:
+        return
+    if as_json:
+        # compact, one object per line (JSON Lines); no default=, as in _emit_json
+        sys.stdout.write(json.dumps(record.as_json(), separators=(",", ":")) + "\n")
+    else:
+        print(_stamp(record.time))
+        for line in record.lines:
+            print(line)
+    sys.stdout.flush()  # a stream: each event is seen when it happens
+
+
 class _ScanState:
-    """What ``ccid scan`` printed last per slot: PC/SC-style reader numbers (one per slot,
+    """What ``ccid scan`` showed last per slot: PC/SC-style reader numbers (one per slot,
     in order of appearance), event counts, and the state, so a state is shown once."""
 
     def __init__(self) -> None:
@@ -627,40 +673,48 @@ class _ScanState:
             self.state.pop(name, None)
             self.count.pop(name, None)
 
-    def show(self, reader: Any, reader_name: str, slot: int, present: bool | None) -> None:
+    def show(self, reader: Any, reader_name: str, slot: int,
+             present: bool | None) -> _ScanRecord | None:
+        """The record of a slot's new state; None when that state was shown already."""
+        when = time.time()
         names = self.names.get(reader_name) or (reader_name,)
         name = names[slot] if slot < len(names) else f"{reader_name} slot {slot}"
         if name in self.state and self.state[name] == present:
-            return  # already shown (a card present at start is reported again as an event)
+            return None  # already shown (a card present at start is reported again as an event)
         if name not in self.order:
             self.order.append(name)
         self.state[name] = present
         number = self.count.get(name, -1) + 1
         self.count[name] = number
-        print(_stamp())
-        print(f" Reader {self.order.index(name)}: {name}")
-        print(f"  Event number: {number}")
+        index = self.order.index(name)
+        card: dict[str, Any] = {"atr": None, "protocols": None, "error": None}
         if present is None:
-            print("  Card state: unknown (the reader is in use elsewhere)")
+            state, lines = "unknown", ["  Card state: unknown (the reader is in use elsewhere)"]
         elif not present:
-            print("  Card state: Card removed, no card")
+            state, lines = "absent", ["  Card state: Card removed, no card"]
         elif reader is None:
-            print("  Card state: Card inserted, ")
+            state, lines = "present", ["  Card state: Card inserted, "]
         else:
-            _print_card(reader, slot)
+            state = "present"
+            card, lines = _read_card(reader, slot)
+        fields = {"reader": reader_name, "slot": slot, "name": name, "number": index,
+                  "event_number": number, "state": state, **card}
+        return _ScanRecord("slot", fields, [f" Reader {index}: {name}",
+                                            f"  Event number: {number}", *lines], when)
 
 
-def _print_card(reader: Any, slot: int) -> None:
+def _read_card(reader: Any, slot: int) -> tuple[dict[str, Any], list[str]]:
+    """Connect to read the ATR: the record's atr, protocols and error, and the text lines."""
     try:
         with reader.connect(slot=slot) as card:
-            raw = bytes(card.atr)
-            print("  Card state: Card inserted, ")
-            print(f"  ATR: {_hex(raw)}")
-            print()
-            for line in card.atr.describe():
-                print(f"  {line}")
+            atr = card.atr
+            raw = bytes(atr)
+            return ({"atr": raw.hex(), "protocols": list(atr.protocols), "error": None},
+                    ["  Card state: Card inserted, ", f"  ATR: {_hex(raw)}", "",
+                     *(f"  {line}" for line in atr.describe())])
     except CCIDError as exc:
-        print(f"  Card state: Card inserted, Unresponsive card, ({exc})")
+        return ({"atr": None, "protocols": None, "error": str(exc)},
+                [f"  Card state: Card inserted, Unresponsive card, ({exc})"])
 
 
 def cmd_trace(args: argparse.Namespace) -> int:
@@ -798,6 +852,11 @@ JSON_HELP = {
             "usb_path, interface, slots, database {status, reason, message},\n"
             "exchange_level, error, slot_states [{slot, name, present, atr (hex text),\n"
             "protocol, error}]; null where unknown.",
+    "scan": "JSON: JSON Lines, one object per event as it happens (no banner), each with\n"
+            "event and time (Unix seconds): reader_added {reader, slots [names]},\n"
+            "reader_removed {reader}, slot {reader, slot, name, number (the text's\n"
+            "\"Reader N\"), event_number, state (present, absent or unknown), atr (hex),\n"
+            "protocols [int], error}, other {text}; null where unknown.",
     "parse": "JSON: a list, one object per reader interface: idVendor, idProduct, vid_pid,\n"
              "manufacturer, product, serial, interface, bcdDevice, descriptor {every field\n"
              "of the CCID class descriptor}, raw (hex), derived {exchange_level, protocols,\n"
@@ -859,7 +918,8 @@ def build_parser() -> argparse.ArgumentParser:
              "  ccid scan\n  ccid scan --virtual gemalto-pc-twin --once\n"
              "  ccid scan --virtual gemalto-pc-twin --simulate 'remove@0.5 insert@1'"
              " --timeout 1.5\n"
-             "  ccid scan --virtual two-slot --simulate 'insert:1@0.5' --timeout 1\n")
+             "  ccid scan --virtual two-slot --simulate 'insert:1@0.5' --timeout 1\n"
+             "  ccid scan --virtual two-slot --simulate 'insert:1@0.5' --timeout 1 --json\n")
     virtual_opt(sp)
     sp.add_argument("--once", action="store_true",
                     help="stop after the first reader's slots are shown")
@@ -867,6 +927,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--simulate", metavar="STEPS",
                     help="with --virtual: 'remove@SECONDS insert@SECONDS ...' (slot 0), "
                          "or insert:SLOT@SECONDS")
+    sp.add_argument("--json", action="store_true",
+                    help="machine-readable output: one JSON object per line")
     sp.set_defaults(func=cmd_scan)
 
     for name in ("parse", "dump-descriptor"):

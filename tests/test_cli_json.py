@@ -71,6 +71,15 @@ SEND = {"reader": str, "slot": int, "atr": HEX, "protocol": str,
         "exchanges": [{"command": HEX, "response": HEX, "data": HEX, "sw": HEX, "meaning": str,
                        "ms": float}]}
 VIRTUAL = [{"name": str, "description": str}]
+#: `ccid scan --json`: JSON Lines, one of these per line, chosen by its "event"
+SCAN = {
+    "reader_added": {"event": str, "time": float, "reader": str, "slots": [str]},
+    "reader_removed": {"event": str, "time": float, "reader": str},
+    "slot": {"event": str, "time": float, "reader": str, "slot": int, "name": str,
+             "number": int, "event_number": int, "state": str, "atr": (HEX,),
+             "protocols": ([int],), "error": (str,)},
+    "other": {"event": str, "time": float, "text": str},
+}
 
 
 def ccid_json(*args: str) -> Any:
@@ -129,3 +138,82 @@ def test_every_json_command_documents_its_output() -> None:
         r = subprocess.run([sys.executable, "-m", "ccid", command, "--help"], capture_output=True,
                            text=True, timeout=60, cwd=ROOT, env=env)
         assert "JSON:" in r.stdout, command
+
+
+def scan_lines(stdout: str) -> list[dict[str, Any]]:
+    """Every stdout line of `ccid scan --json` is one JSON object of a SCAN shape."""
+    records = []
+    for i, line in enumerate(stdout.splitlines()):
+        record = json.loads(line)
+        assert isinstance(record, dict) and record.get("event") in SCAN, (i, line)
+        check(record, SCAN[record["event"]], f"line {i}")
+        if record["event"] == "slot":
+            assert record["state"] in ("present", "absent", "unknown"), line
+        records.append(record)
+    return records
+
+
+def run_ccid(*args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-m", "ccid", *args], capture_output=True, text=True,
+                          timeout=60, cwd=ROOT, env=env, stdin=subprocess.DEVNULL)
+
+
+def test_scan_json_lines_follow_a_card_insertion() -> None:
+    r = run_ccid("scan", "--virtual", "two-slot", "--simulate", "insert:1@0.5", "--timeout", "1",
+                 "--json")
+    assert r.returncode == 0, r.stderr
+    records = scan_lines(r.stdout)
+    added, *slots = records
+    assert added["event"] == "reader_added" and len(added["slots"]) == 2, added
+    assert all(s["event"] == "slot" and s["reader"] == added["reader"] for s in slots), slots
+    # each slot's state at start, in order: slot 0 holds the card, slot 1 is empty
+    first = {s["slot"]: s for s in slots[:2]}
+    assert [s["slot"] for s in slots[:2]] == [0, 1]
+    assert [s["number"] for s in slots[:2]] == [0, 1]
+    assert [s["name"] for s in slots[:2]] == added["slots"]
+    assert first[0]["state"] == "present" and first[0]["event_number"] == 0
+    assert first[1]["state"] == "absent" and first[1]["atr"] is None
+    assert first[1]["protocols"] is None and first[1]["error"] is None
+    # then the simulated insertion, reported once, with the ATR read by connecting
+    (inserted,) = slots[2:]
+    assert inserted["slot"] == 1 and inserted["number"] == 1, inserted
+    assert inserted["state"] == "present" and inserted["event_number"] == 1, inserted
+    assert inserted["error"] is None and inserted["atr"] == first[0]["atr"], inserted
+    atr = ccid_json("atr", inserted["atr"], "--json")
+    assert inserted["protocols"] == atr["protocols"] and atr["tck_ok"], atr
+    times = [rec["time"] for rec in records]
+    assert times == sorted(times)
+
+
+def test_scan_json_is_a_global_option_too() -> None:
+    r = run_ccid("--json", "scan", "--virtual", "gemalto-pc-twin", "--once")
+    assert r.returncode == 0, r.stderr
+    added, slot = scan_lines(r.stdout)
+    assert added["event"] == "reader_added" and slot["event"] == "slot", r.stdout
+    assert slot["state"] == "present" and bytes.fromhex(slot["atr"])[:1] == b"\x3b"
+
+
+def test_scan_json_lines_are_flushed_as_they_happen() -> None:
+    """The lines come while the scan still runs (a pipe is block-buffered otherwise), and
+    Ctrl-C ends it with JSON only on stdout."""
+    import signal
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("PYTHONUNBUFFERED", None)  # stdout block-buffered, as in a user's pipe
+    proc = subprocess.Popen([sys.executable, "-m", "ccid", "scan", "--virtual", "two-slot",
+                             "--json", "--timeout", "20"], cwd=ROOT, env=env,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        head = [proc.stdout.readline() for _ in range(3)]  # the reader and its two slots
+        assert proc.poll() is None, "the lines came only when the scan ended"
+        proc.send_signal(signal.SIGINT)
+        rest, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    records = scan_lines("".join(head) + rest)
+    assert [r["event"] for r in records] == ["reader_added", "slot", "slot"], records
+    assert "Traceback" not in err
