@@ -83,7 +83,7 @@ READERS = ["0", "1", "-1", "08E6:3437", "0x08e6:0x3437", "08E6:", "FFFF:0001", "
 # per subcommand: option -> values (None: a flag), and the positional arguments' values
 SPEC: dict[str, tuple[dict[str, list[str] | None], list[str]]] = {
     "list": ({"--virtual": PRESETS, "--json": None}, []),
-    "scan": ({"--virtual": PRESETS, "--once": None,
+    "scan": ({"--virtual": PRESETS, "--once": None, "--json": None,
               "--simulate": ["remove@x", "insert@0.1", "remove@0.05", "insert:1@0.1",
                              "remove@0.05 insert@0.1", "remove:1@0.1", "eject@1", "", "@"]},
              []),
