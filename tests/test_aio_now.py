@@ -206,7 +206,7 @@ def test_a_call_ended_on_the_way_aborts_and_the_handle_stays_usable(
                 started = time.monotonic()
                 with pytest.raises(ReaderTimeoutError, match="aborted"):
                     await card.transmit(apdu, timeout=0.3)
-                assert time.monotonic() - started < 0.3 + 0.25
+                assert time.monotonic() - started < 0.3 + 0.5  # the ceiling, + scheduling
             else:
                 task = asyncio.create_task(card.transmit(apdu, timeout=20))
                 await asyncio.sleep(0.2)

@@ -639,26 +639,32 @@ class Channel:
         abData from [10]): no Reply object on the per-block path. ``held``: the caller
         holds the reader (:meth:`hold`)."""
         seq, frame = self.engine.xfr_frame(s.index, data, bwi, level)
-        return self._exchange(s, seq, frame, deadline, bwi, held)
+        reply: bytes = self._exchange(s, seq, frame, deadline, bwi, held)
+        return reply
 
     def _exchange(self, s: SlotState, seq: int, frame: bytes, deadline: float, bwi: int,
-                  held: bool) -> bytes:
-        """Write an XfrBlock ``frame`` (bSeq ``seq``) and return its successful DataBlock."""
+                  held: bool, nowait: bool = False) -> Any:
+        """Write an XfrBlock ``frame`` (bSeq ``seq``) and return its successful DataBlock.
+        ``nowait``: see :meth:`xfr_now`."""
         left = deadline - _monotonic()
         if left <= 0:
             raise ReaderTimeoutError("the call's time ceiling was reached", reader=self.name,
                                      slot=s.index)
         wait = _block_wait(s.wait, bwi, left)
         transport = self._lean(held)
+        if nowait and (transport is None or not transport.ready(False)):
+            return partial(self._exchange, s, seq, frame, deadline, bwi, held)
         if transport is not None:
             # The per-block path of chunked exchanges: write, one read, one reply check.
-            got = self._write_read(transport, frame, wait, left)
+            got = self._write_read(transport, frame, wait, left, nowait)
             if type(got) is bytes and not _reply_code(
                     got, len(got), _DATA_BLOCK, s.index, seq,
                     self.engine.max_message_length) & 0xC0FF:
                 if _trace.enabled:
                     transport.trace_in(got)
                 return got
+            if nowait:
+                return partial(self._settle, s.index, seq, frame, got, wait, deadline, left)
             return self._settle(s.index, seq, frame, got, wait, deadline, left)
         pending = Pending(_XFR_BLOCK, s.index, seq, _DATA_BLOCK, frame)
         if held:
@@ -786,19 +792,7 @@ class Channel:
         would not wait, one whole successful reply); time extensions, failures, timeouts and
         aborts are the general path's, in that callable."""
         seq, frame = self.engine.xfr_frame(s.index, data, bwi, level)
-        transport = self._lean(held)
-        left = deadline - _monotonic()
-        if transport is None or left <= 0 or not transport.ready(False):
-            return partial(self._exchange, s, seq, frame, deadline, bwi, held)
-        wait = _block_wait(s.wait, bwi, left)
-        got = self._write_read(transport, frame, wait, left, True)
-        if type(got) is bytes and not _reply_code(
-                got, len(got), _DATA_BLOCK, s.index, seq,
-                self.engine.max_message_length) & 0xC0FF:
-            if _trace.enabled:
-                transport.trace_in(got)
-            return got
-        return partial(self._settle, s.index, seq, frame, got, wait, deadline, left)
+        return self._exchange(s, seq, frame, deadline, bwi, held, True)
 
     def pump_now(self, s: SlotState, chain: Any, frame: bytes, deadline: float, held: bool
                  ) -> Any:
