@@ -290,8 +290,7 @@ class Card:
         try:
             self._check()
             try:
-                exchange = self._rooms.exchange
-                return exchange.run(self._s, exchange.steps(self._s, apdu, raw), ceiling)
+                return self._rooms.exchange.transmit(self._s, apdu, ceiling, raw)
             except CCIDError as exc:
                 failure = self.exchange_failure(exc)
                 if failure is exc:
